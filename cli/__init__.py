@@ -1,0 +1,1 @@
+"""The ``sightline`` command line: a thin interface over ``services``."""

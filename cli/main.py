@@ -1,0 +1,191 @@
+"""``sightline`` commands: ingest, search, similar, info."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from tqdm import tqdm
+
+from cli.metadata import load_metadata, metadata_for
+from cli.output import emit_json, hits_as_dicts, print_hits
+from services.container import Services, build_services
+from services.errors import ConfigError, SightlineError
+from services.filters import parse_filters
+from services.ingest import IngestItem, ItemResult, Outcome
+from services.settings import load_settings
+
+app = typer.Typer(
+    help="Sightline: semantic image search over your catalog.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+KOpt = Annotated[int, typer.Option("-k", "--top-k", min=1, max=1000, help="Number of results.")]
+WhereOpt = Annotated[
+    list[str] | None,
+    typer.Option("--where", "-w", help="Filter: key=value, key=a|b, key!=v, key<=n, key>=n."),
+]
+GroupOpt = Annotated[
+    str | None, typer.Option("--one-per", help="At most one hit per value of this field.")
+]
+
+
+def _services() -> Services:
+    services = build_services(load_settings())
+    services.open()
+    return services
+
+
+def _walk(paths: list[Path]) -> Iterator[tuple[Path, Path]]:
+    """(file, root) for every non-hidden file under the given files and folders, sorted."""
+    for root in paths:
+        if root.is_file():
+            yield root, root.parent
+        elif root.is_dir():
+            for f in sorted(root.rglob("*")):
+                rel = f.relative_to(root).parts
+                if f.is_file() and not any(part.startswith(".") for part in rel):
+                    yield f, root
+        else:
+            raise typer.BadParameter(f"{root}: no such file or folder")
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Image files and folders.")],
+    metadata: Annotated[
+        Path | None, typer.Option("--metadata", "-m", help="CSV or JSONL keyed by filename.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Index images (folders recursively). Exit status 1 if any item failed."""
+    services = _services()
+    table = load_metadata(metadata) if metadata else {}
+    files = list(_walk(paths))
+    limit = services.settings.images.max_bytes
+
+    def items() -> Iterator[IngestItem]:
+        for f, root in files:
+            # Oversized files are refused by size before being read into memory.
+            data = f.read_bytes() if f.stat().st_size <= limit else b"\0" * (limit + 1)
+            yield IngestItem(data=data, filename=str(f), metadata=metadata_for(table, f, root))
+
+    results: list[ItemResult] = []
+    with tqdm(total=len(files), unit="img", disable=as_json, file=sys.stderr) as bar:
+        for result in services.ingestor.iter_ingest(items()):
+            results.append(result)
+            bar.update(1)
+    services.close()
+    counts = {o.value: sum(r.outcome is o for r in results) for o in Outcome}
+    if as_json:
+        emit_json(
+            {
+                "summary": counts,
+                "results": [
+                    {
+                        "file": r.filename,
+                        "outcome": r.outcome.value,
+                        "image_id": r.image_id,
+                        "reason": r.reason,
+                    }
+                    for r in results
+                ],
+            }
+        )
+    else:
+        for r in results:
+            if r.outcome in (Outcome.FAILED, Outcome.SKIPPED):
+                typer.echo(f"{r.outcome.value:>8}  {r.filename}: {r.reason}")
+        typer.echo(
+            f"indexed {counts['indexed']}, updated {counts['updated']}, "
+            f"skipped {counts['skipped']}, failed {counts['failed']}"
+        )
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def search(
+    text: Annotated[str, typer.Argument(help="What to look for, in words.")],
+    k: KOpt = 10,
+    where: WhereOpt = None,
+    one_per: GroupOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Images matching a text query."""
+    services = _services()
+    hits = services.search.text(text, k=k, flt=parse_filters(where or []), group_by=one_per)
+    services.close()
+    emit_json(hits_as_dicts(hits)) if as_json else print_hits(hits)
+
+
+@app.command()
+def similar(
+    ref: Annotated[str, typer.Argument(help="A stored image id, or an image file.")],
+    k: KOpt = 10,
+    where: WhereOpt = None,
+    one_per: GroupOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Images most like a stored image or a file (the image itself is left out)."""
+    services = _services()
+    flt = parse_filters(where or [])
+    path = Path(ref)
+    if path.is_file():
+        hits = services.search.by_image(path.read_bytes(), k=k, flt=flt, group_by=one_per)
+    else:
+        hits = services.search.similar(ref, k=k, flt=flt, group_by=one_per)
+    services.close()
+    emit_json(hits_as_dicts(hits)) if as_json else print_hits(hits)
+
+
+@app.command()
+def info(as_json: JsonOpt = False) -> None:
+    """Model, collections and their sizes."""
+    services = _services()
+    identity = services.encoder.identity
+    data = {
+        "model": services.settings.model,
+        "model_id": identity.model_id,
+        "vector_size": identity.size,
+        "distance": identity.distance,
+        "family": services.encoder.family.value,
+        "logit_scale": round(services.encoder.logit_scale, 4),
+        "logit_bias": services.encoder.logit_bias,
+        "index_backend": services.settings.index.backend.value,
+        "collections": {name: services.index.count(name) for name in services.collections.all()},
+    }
+    services.close()
+    if as_json:
+        emit_json(data)
+        return
+    for key, value in data.items():
+        if key != "collections":
+            typer.echo(f"{key:>14}: {value}")
+    for name, count in data["collections"].items():  # type: ignore[attr-defined]
+        typer.echo(f"{'collection':>14}: {name} ({count} points)")
+
+
+def main() -> None:
+    """Entry point: domain errors become a one-line message and exit status 2."""
+    try:
+        app()
+    except ConfigError as e:
+        typer.echo(f"configuration error: {e}", err=True)
+        sys.exit(2)
+    except SightlineError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

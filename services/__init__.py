@@ -1,0 +1,1 @@
+"""Sightline's domain core: no Flask, no Celery, only the libraries it needs."""

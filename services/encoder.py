@@ -1,0 +1,204 @@
+"""The embedding model: any sentence-transformers multimodal (text + image) model.
+
+The constructor is cheap; ``load()`` runs once per process behind a lock, so importing or
+constructing never touches weights and tests can build an Encoder for a tiny local model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from services.errors import ModelUnavailable
+
+_FINGERPRINT_BYTES = 1 << 20
+
+
+class Modality(StrEnum):
+    """What an input is; sentence-transformers routes each to its tower."""
+
+    TEXT = "text"
+    IMAGE = "image"
+
+
+class ModelFamily(StrEnum):
+    """Decides how similarities become probabilities (softmax vs sigmoid)."""
+
+    CLIP = "clip"
+    SIGLIP = "siglip"
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a collection records so vectors from different models never mix."""
+
+    model_id: str
+    size: int
+    distance: str = "cosine"
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain form stored alongside a collection."""
+        return {"model_id": self.model_id, "size": self.size, "distance": self.distance}
+
+
+def local_model_id(path: Path) -> str:
+    """Identity of a model in a local directory: its name plus a fingerprint of its files.
+
+    Two different models saved under the same folder name must not pass as one, so the id
+    hashes config.json and the size and first megabyte of each weight file (cheap even for
+    large weights).
+    """
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")):
+        if not f.is_file():
+            continue
+        rel = f.relative_to(path).as_posix()
+        if f.name == "config.json":
+            h.update(rel.encode() + f.read_bytes())
+        elif f.suffix in (".safetensors", ".bin", ".pt"):
+            with f.open("rb") as fh:
+                h.update(
+                    rel.encode() + str(f.stat().st_size).encode() + fh.read(_FINGERPRINT_BYTES)
+                )
+    return f"local:{path.name}@{h.hexdigest()[:16]}"
+
+
+class Encoder:
+    """Embeds images and texts into one L2-normalised float32 space."""
+
+    def __init__(
+        self,
+        model_name: str,
+        device: str = "cpu",
+        batch_size: int = 32,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.model_name = model_name
+        self.device = device
+        self.batch_size = batch_size
+        self.cache_dir = cache_dir
+        self._lock = threading.Lock()
+        self._model: Any = None
+        self._identity: ModelIdentity | None = None
+        self._logit_scale = 100.0
+        self._logit_bias: float | None = None
+        self._family = ModelFamily.CLIP
+
+    @property
+    def loaded(self) -> bool:
+        """True once weights are in memory."""
+        return self._model is not None
+
+    def load(self) -> None:
+        """Load the model once; later calls return at once.
+
+        Raises:
+            ModelUnavailable: the model cannot be found or is not multimodal.
+        """
+        if self._model is not None:
+            return
+        with self._lock:
+            if self._model is not None:
+                return
+            self._load_locked()
+
+    def _load_locked(self) -> None:
+        from sentence_transformers import SentenceTransformer  # heavy: import on first load
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # per-weight progress bars drown CLI output
+
+        path = Path(self.model_name).expanduser()
+        is_local = path.is_dir()
+        try:
+            model = SentenceTransformer(
+                str(path) if is_local else self.model_name,
+                device=self.device,
+                cache_folder=str(self.cache_dir) if self.cache_dir else None,
+            )
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
+            raise ModelUnavailable(
+                f"cannot load model {self.model_name!r}: {e}. If this machine is offline and the "
+                "model is not cached, download it elsewhere and point SIGHTLINE_MODEL at the "
+                "local directory (for example SIGHTLINE_MODEL=/models/clip-ViT-B-32)."
+            ) from e
+        modalities = set(getattr(model, "modalities", []) or [])
+        if not {Modality.TEXT.value, Modality.IMAGE.value} <= modalities:
+            raise ModelUnavailable(
+                f"model {self.model_name!r} is not a text+image model (it handles "
+                f"{sorted(modalities) or 'unknown inputs'}); Sightline needs a CLIP/SigLIP-style "
+                "multimodal model"
+            )
+        dim = model.get_embedding_dimension()
+        if not dim:
+            raise ModelUnavailable(f"model {self.model_name!r} does not report its vector size")
+        self._read_logit_params(model)
+        model_id = local_model_id(path.resolve()) if is_local else self.model_name
+        self._identity = ModelIdentity(model_id=model_id, size=int(dim))
+        self._model = model
+
+    def _read_logit_params(self, model: Any) -> None:
+        """Read the temperature (and SigLIP bias) the model was trained with."""
+        hf = getattr(model[0], "model", None)
+        model_type = str(getattr(getattr(hf, "config", None), "model_type", "")).lower()
+        self._family = ModelFamily.SIGLIP if "siglip" in model_type else ModelFamily.CLIP
+        scale = getattr(hf, "logit_scale", None)
+        if scale is not None:
+            self._logit_scale = float(math.exp(float(scale.detach().reshape(-1)[0])))
+        bias = getattr(hf, "logit_bias", None)
+        self._logit_bias = float(bias.detach().reshape(-1)[0]) if bias is not None else None
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """Model id, vector size and distance (loads the model if needed)."""
+        self.load()
+        assert self._identity is not None  # set by load()
+        return self._identity
+
+    @property
+    def family(self) -> ModelFamily:
+        """CLIP (softmax) or SigLIP (sigmoid) scoring."""
+        self.load()
+        return self._family
+
+    @property
+    def logit_scale(self) -> float:
+        """exp(logit_scale) as trained: the multiplier applied to cosine similarities."""
+        self.load()
+        return self._logit_scale
+
+    @property
+    def logit_bias(self) -> float | None:
+        """SigLIP's learned bias; None for CLIP-family models."""
+        self.load()
+        return self._logit_bias
+
+    def _encode(self, items: Sequence[Any]) -> np.ndarray:
+        self.load()
+        if not items:
+            return np.zeros((0, self.identity.size), dtype=np.float32)
+        vectors = self._model.encode(
+            list(items),
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Embed RGB images; rows are unit-length float32 vectors."""
+        return self._encode(images)
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts; rows are unit-length float32 vectors."""
+        return self._encode(texts)

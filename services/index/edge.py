@@ -1,0 +1,267 @@
+"""Embedded adapter: Qdrant Edge (the Qdrant engine in-process), one shard per collection.
+
+The default on a single machine: no server to run. A shard can be opened by one process at
+a time, so multi-process deployments (separate web and worker processes) use the server
+adapter. Each collection directory holds the shard and a ``sightline.json`` with the model
+identity it was built with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import qdrant_edge as qe
+
+from services.encoder import ModelIdentity
+from services.errors import IndexUnavailable, NotFound
+from services.index.base import (
+    Hit,
+    PayloadFilter,
+    PointData,
+    Record,
+    Vector,
+    VectorIndex,
+    best_per_group,
+    check_identity,
+    identity_from_dict,
+)
+
+_META_FILE = "sightline.json"
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def _edge_filter(flt: PayloadFilter | None) -> qe.Filter | None:
+    if flt is None or flt.is_empty():
+        return None
+    for key, value in [*flt.equals.items(), *flt.not_equals.items()]:
+        if isinstance(value, bool):
+            raise ValueError(f"filter on {key!r}: boolean values cannot be matched; use strings")
+    must: list[Any] = []
+    must_not: list[Any] = []
+    for key, value in flt.equals.items():
+        must.append(qe.FieldCondition(key, match=qe.MatchValue(value)))
+    for key, values in flt.any_of.items():
+        must.append(qe.FieldCondition(key, match=qe.MatchAny(values)))
+    for key, r in flt.ranges.items():
+        must.append(
+            qe.FieldCondition(key, range=qe.RangeFloat(gte=r.gte, gt=r.gt, lte=r.lte, lt=r.lt))
+        )
+    for key, value in flt.not_equals.items():
+        must_not.append(qe.FieldCondition(key, match=qe.MatchValue(value)))
+    if flt.exclude_ids:
+        must_not.append(qe.HasIdCondition({uuid.UUID(i) for i in flt.exclude_ids}))
+    return qe.Filter(must=must or None, must_not=must_not or None)
+
+
+def _vec(v: Vector) -> list[float]:
+    return np.asarray(v, dtype=np.float32).reshape(-1).tolist()
+
+
+def _record(r: Any, with_vectors: bool) -> Record:
+    vector = None
+    if with_vectors and r.vector is not None:
+        raw = r.vector[""] if isinstance(r.vector, dict) else r.vector
+        vector = np.asarray(raw, dtype=np.float32)
+    return Record(id=str(r.id), payload=dict(r.payload or {}), vector=vector)
+
+
+class EdgeIndex(VectorIndex):
+    """Collections as Qdrant Edge shards under one directory."""
+
+    def __init__(self, root: Path, hnsw_ef: int = 128) -> None:
+        self.root = Path(root)
+        self.hnsw_ef = hnsw_ef
+        self._shards: dict[str, qe.EdgeShard] = {}
+        self._lock = threading.RLock()
+
+    def _dir(self, name: str) -> Path:
+        if not _NAME.match(name):
+            raise ValueError(f"invalid collection name {name!r}")
+        return self.root / name
+
+    def _open(self, name: str) -> qe.EdgeShard:
+        with self._lock:
+            shard = self._shards.get(name)
+            if shard is not None:
+                return shard
+            shard_dir = self._dir(name) / "shard"
+            if not (self._dir(name) / _META_FILE).is_file():
+                raise NotFound(f"collection {name!r} does not exist")
+            try:
+                shard = qe.EdgeShard.load(str(shard_dir))
+            except Exception as e:  # the binding raises plain Exception subclasses
+                raise IndexUnavailable(
+                    f"cannot open embedded index at {shard_dir}: {e}. Only one process can open "
+                    "an embedded index at a time; use a Qdrant server for several processes."
+                ) from e
+            self._shards[name] = shard
+            return shard
+
+    def collection_identity(self, name: str) -> ModelIdentity | None:
+        meta = self._dir(name) / _META_FILE
+        if not meta.is_file():
+            return None
+        return identity_from_dict(json.loads(meta.read_text()))
+
+    def ensure_collection(self, name: str, identity: ModelIdentity) -> None:
+        with self._lock:
+            stored = self.collection_identity(name)
+            if stored is not None:
+                check_identity(name, stored, identity)
+                self._open(name)
+                return
+            directory = self._dir(name)
+            directory.mkdir(parents=True, exist_ok=True)
+            config = qe.EdgeConfig(
+                vectors={"": qe.EdgeVectorParams(size=identity.size, distance=qe.Distance.Cosine)}
+            )
+            try:
+                shard = qe.EdgeShard.create(str(directory / "shard"), config)
+            except Exception as e:
+                raise IndexUnavailable(f"cannot create embedded collection {name!r}: {e}") from e
+            tmp = directory / (_META_FILE + ".tmp")
+            tmp.write_text(json.dumps(identity.as_dict()))
+            os.replace(tmp, directory / _META_FILE)  # identity appears only once complete
+            self._shards[name] = shard
+
+    def list_collections(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.parent.name for p in self.root.glob(f"*/{_META_FILE}"))
+
+    def drop_collection(self, name: str) -> None:
+        with self._lock:
+            shard = self._shards.pop(name, None)
+            if shard is not None:
+                shard.close()
+            shutil.rmtree(self._dir(name), ignore_errors=True)
+
+    def upsert(self, name: str, points: Sequence[PointData]) -> None:
+        if not points:
+            return
+        edge_points = [qe.Point(uuid.UUID(p.id), _vec(p.vector), p.payload) for p in points]
+        with self._lock:
+            shard = self._open(name)
+            shard.update(qe.UpdateOperation.upsert_points(edge_points))
+            shard.flush()
+
+    def set_payload(self, name: str, ids: Sequence[str], payload: Mapping[str, Any]) -> None:
+        if not ids:
+            return
+        with self._lock:
+            shard = self._open(name)
+            shard.update(qe.UpdateOperation.set_payload([uuid.UUID(i) for i in ids], dict(payload)))
+            shard.flush()
+
+    def delete(self, name: str, ids: Sequence[str]) -> None:
+        if not ids:
+            return
+        with self._lock:
+            shard = self._open(name)
+            shard.update(qe.UpdateOperation.delete_points([uuid.UUID(i) for i in ids]))
+            shard.flush()
+
+    def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
+        if not ids:
+            return []
+        with self._lock:
+            found = self._open(name).retrieve(
+                [uuid.UUID(i) for i in ids], with_payload=True, with_vector=with_vectors
+            )
+        return [_record(r, with_vectors) for r in found]
+
+    def count(self, name: str, flt: PayloadFilter | None = None) -> int:
+        with self._lock:
+            return int(
+                self._open(name).count(qe.CountRequest(exact=True, filter=_edge_filter(flt)))
+            )
+
+    def scroll(
+        self,
+        name: str,
+        flt: PayloadFilter | None = None,
+        limit: int = 100,
+        offset: str | None = None,
+        with_vectors: bool = False,
+    ) -> tuple[list[Record], str | None]:
+        request = qe.ScrollRequest(
+            offset=uuid.UUID(offset) if offset else None,
+            limit=limit,
+            filter=_edge_filter(flt),
+            with_payload=True,
+            with_vector=with_vectors,
+        )
+        with self._lock:
+            records, next_offset = self._open(name).scroll(request)
+        return (
+            [_record(r, with_vectors) for r in records],
+            str(next_offset) if next_offset is not None else None,
+        )
+
+    def _query(self, name: str, query: Any, limit: int, flt: PayloadFilter | None) -> list[Hit]:
+        request = qe.QueryRequest(
+            limit=limit,
+            query=query,
+            filter=_edge_filter(flt),
+            with_payload=True,
+            params=qe.SearchParams(hnsw_ef=max(self.hnsw_ef, limit)),
+        )
+        with self._lock:
+            found = self._open(name).query(request)
+        return [
+            Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in found
+        ]
+
+    def _ranked(
+        self, name: str, query: Any, k: int, flt: PayloadFilter | None, group_by: str | None
+    ) -> list[Hit]:
+        if group_by is None:
+            return self._query(name, query, k, flt)
+        return best_per_group(lambda limit: self._query(name, query, limit, flt), k, group_by)
+
+    def search(
+        self,
+        name: str,
+        vector: Vector,
+        k: int,
+        flt: PayloadFilter | None = None,
+        group_by: str | None = None,
+    ) -> list[Hit]:
+        return self._ranked(name, qe.Query.Nearest(_vec(vector)), k, flt, group_by)
+
+    def recommend(
+        self,
+        name: str,
+        positive: Sequence[Vector],
+        negative: Sequence[Vector],
+        k: int,
+        flt: PayloadFilter | None = None,
+        group_by: str | None = None,
+    ) -> list[Hit]:
+        query = qe.Query.RecommendSumScores(
+            qe.RecommendQuery(
+                positives=[_vec(v) for v in positive], negatives=[_vec(v) for v in negative]
+            )
+        )
+        return self._ranked(name, query, k, flt, group_by)
+
+    def optimize(self, name: str) -> None:
+        """Build the HNSW index now instead of leaving it to the next optimiser pass."""
+        with self._lock:
+            self._open(name).optimize()
+
+    def close(self) -> None:
+        with self._lock:
+            for shard in self._shards.values():
+                shard.flush()
+                shard.close()
+            self._shards.clear()

@@ -1,0 +1,122 @@
+"""Typed settings: environment (``SIGHTLINE_`` prefix, ``__`` for nesting) over a TOML file.
+
+Built once at an entry point and passed down; nothing reads the environment elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from services.errors import ConfigError
+
+DEFAULT_MODEL = "sentence-transformers/clip-ViT-B-32"
+CONFIG_FILE_ENV = "SIGHTLINE_CONFIG_FILE"
+
+
+class IndexBackend(StrEnum):
+    """Where vectors live: in-process Qdrant Edge, or a Qdrant server through qdrant-client."""
+
+    EMBEDDED = "embedded"
+    SERVER = "server"
+
+
+class IndexSettings(BaseModel):
+    """Vector index deployment."""
+
+    backend: IndexBackend = IndexBackend.EMBEDDED
+    path: Path | None = Field(
+        default=None, description="Embedded shards' directory; defaults to DATA_DIR/index."
+    )
+    url: str | None = Field(default=None, description="Qdrant server URL (server backend).")
+    api_key: SecretStr | None = Field(default=None, description="Qdrant API key (server).")
+    timeout_s: int = Field(default=10, ge=1, le=600)
+    collection_prefix: str = Field(
+        default="", pattern=r"^[A-Za-z0-9_-]*$", description="Prefix for collection names."
+    )
+    hnsw_ef: int = Field(default=128, ge=4, le=4096, description="Search-time HNSW ef.")
+
+    @model_validator(mode="after")
+    def _server_needs_url(self) -> IndexSettings:
+        if self.backend is IndexBackend.SERVER and not self.url:
+            raise ValueError("index.backend=server needs index.url (SIGHTLINE_INDEX__URL)")
+        return self
+
+
+class ImageLimits(BaseModel):
+    """Bounds on what an upload may cost us to decode."""
+
+    max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(default=40_000_000, ge=64 * 64)
+    max_side: int = Field(default=12_000, ge=64)
+    max_frames: int = Field(default=200, ge=1)
+
+
+class Settings(BaseSettings):
+    """Everything Sightline can be told, validated at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SIGHTLINE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    data_dir: Path = Field(default=Path("data"), description="Images, thumbnails, local index.")
+    model: str = Field(
+        default=DEFAULT_MODEL,
+        min_length=1,
+        description="sentence-transformers model name or local directory.",
+    )
+    device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?|mps)$")
+    batch_size: int = Field(default=32, ge=1, le=1024, description="Images per model call.")
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    images: ImageLimits = Field(default_factory=ImageLimits)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    @property
+    def index_path(self) -> Path:
+        """Directory of the embedded index."""
+        return self.index.path or self.data_dir / "index"
+
+    @property
+    def images_path(self) -> Path:
+        """Directory of the content-addressed image store."""
+        return self.data_dir / "images"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings, turning validation errors into one readable ConfigError."""
+    config_file = os.environ.get(CONFIG_FILE_ENV)
+    if config_file and not Path(config_file).is_file():
+        raise ConfigError(f"{CONFIG_FILE_ENV}={config_file}: no such file")
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "settings"
+            env = "SIGHTLINE_" + "__".join(str(p).upper() for p in err["loc"])
+            lines.append(f"  {where} ({env}): {err['msg']}")
+        raise ConfigError("invalid settings:\n" + "\n".join(lines)) from e

@@ -1,0 +1,96 @@
+"""Fixtures built from the real factories: tiny CLIP models on disk, both index adapters."""
+
+from __future__ import annotations
+
+import io
+import os
+
+# No test may reach the network: make Hugging Face fail fast instead of trying the hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from qdrant_client import QdrantClient
+
+from services.container import Services, build_services
+from services.encoder import Encoder
+from services.index.base import VectorIndex
+from services.index.edge import EdgeIndex
+from services.index.server import ServerIndex
+from services.settings import Settings
+from tests.tiny_model import build_tiny_clip
+
+INDEX_KINDS = ["embedded", "server"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip", seed=0)
+
+
+@pytest.fixture(scope="session")
+def other_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second tiny model with different weights (same folder name, same size)."""
+    return build_tiny_clip(tmp_path_factory.mktemp("other") / "tiny-clip", seed=1)
+
+
+@pytest.fixture(scope="session")
+def encoder(tiny_model_dir: Path) -> Encoder:
+    enc = Encoder(str(tiny_model_dir), batch_size=4)
+    enc.load()
+    return enc
+
+
+def make_index(kind: str, path: Path) -> VectorIndex:
+    """An index adapter of the given kind storing under ``path``."""
+    if kind == "embedded":
+        return EdgeIndex(path / "edge")
+    # The server adapter through qdrant-client's local mode: same client API as a server.
+    return ServerIndex(QdrantClient(path=str(path / "qdrant-local")))
+
+
+@pytest.fixture(params=INDEX_KINDS)
+def index_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def index(index_kind: str, tmp_path: Path) -> Iterator[VectorIndex]:
+    idx = make_index(index_kind, tmp_path)
+    yield idx
+    idx.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, tiny_model_dir: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", model=str(tiny_model_dir), batch_size=4)
+
+
+@pytest.fixture
+def services(settings: Settings, encoder: Encoder, index: VectorIndex) -> Iterator[Services]:
+    svc = build_services(settings, encoder=encoder, index=index)
+    svc.open()
+    yield svc
+
+
+def png_bytes(seed: int, size: tuple[int, int] = (48, 40)) -> bytes:
+    """A distinct random RGB PNG."""
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def jpeg_bytes(seed: int, size: tuple[int, int] = (48, 40), **save_kwargs: object) -> bytes:
+    """A distinct random RGB JPEG."""
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", **save_kwargs)
+    return buf.getvalue()

@@ -1,0 +1,137 @@
+"""The ``sightline`` command, run as a user would: a subprocess over a folder of images."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sentence_transformers import SentenceTransformer
+
+from tests.brute import top_k
+from tests.conftest import jpeg_bytes, png_bytes
+
+
+def run(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("catalog")
+    (root / "shoes").mkdir()
+    for i in range(10):
+        (root / ("shoes" if i < 4 else ".") / f"img{i}.png").write_bytes(png_bytes(i))
+    (root / "meta.csv").write_text(
+        "filename,title,price\nimg5.png,Red dress,19.5\nshoes/img1.png,Blue shoe,30\n"
+    )
+    return root
+
+
+@pytest.fixture
+def env(tmp_path: Path, tiny_model_dir: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "SIGHTLINE_MODEL": str(tiny_model_dir),
+        "SIGHTLINE_DATA_DIR": str(tmp_path / "data"),
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+def test_ingest_search_similar_match_brute_force(env, catalog, tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
+    images = sorted(p for p in catalog.rglob("*.png"))
+    first = json.loads(
+        run(
+            env,
+            "ingest",
+            str(catalog),
+            "--metadata",
+            str(catalog / "meta.csv"),
+            "--json",
+            check=False,
+        ).stdout
+    )
+    # meta.csv itself is not an image: it fails with a reason, the 10 images are indexed.
+    assert first["summary"] == {"indexed": 10, "updated": 0, "skipped": 0, "failed": 1}
+    failed = [r for r in first["results"] if r["outcome"] == "failed"]
+    assert (
+        failed[0]["file"].endswith("meta.csv") and "not a recognised image" in failed[0]["reason"]
+    )
+
+    again = json.loads(run(env, "ingest", str(catalog), "--json", check=False).stdout)
+    info = json.loads(run(env, "info", "--json").stdout)
+    assert again["summary"]["indexed"] == 0 and again["summary"]["skipped"] == 10
+    assert info["collections"]["images"] == 10
+
+    ref = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    vectors = np.asarray(
+        ref.encode([Image.open(p).convert("RGB") for p in images], normalize_embeddings=True)
+    )
+    import hashlib
+
+    ids = [hashlib.sha256(p.read_bytes()).hexdigest() for p in images]
+    q = ref.encode(["a red dress"], normalize_embeddings=True)[0]
+    hits = json.loads(run(env, "search", "a red dress", "-k", "5", "--json").stdout)
+    assert [h["image_id"] for h in hits] == [w[0] for w in top_k(q, ids, vectors, 5)]
+
+    hits = json.loads(run(env, "similar", ids[2], "-k", "4", "--json").stdout)
+    assert [h["image_id"] for h in hits] == [
+        w[0] for w in top_k(vectors[2], ids, vectors, 4, lambda i: i != 2)
+    ]
+
+    titled = json.loads(run(env, "search", "x", "--where", "price>=20", "--json").stdout)
+    assert [h["payload"]["title"] for h in titled] == ["Blue shoe"]
+
+    human = run(env, "search", "a red dress", "-k", "3").stdout
+    assert "score" in human and len(human.strip().splitlines()) == 4
+
+
+def test_bad_files_are_refused_with_messages(env, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    good = jpeg_bytes(1, size=(300, 300))
+    (bad / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (bad / "notes.jpg").write_text("a text file renamed to .jpg\n")
+    buf = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buf, format="PNG")
+    (bad / "huge.png").write_bytes(buf.getvalue())
+    proc = run(env, "ingest", str(bad), check=False)
+    assert proc.returncode == 1
+    out = proc.stdout
+    assert "truncated.jpg: corrupt or truncated JPEG image" in out
+    assert "notes.jpg: not a recognised image" in out
+    assert "huge.png: image refused as a decompression bomb" in out
+    assert "indexed 0, updated 0, skipped 0, failed 3" in out
+    info = json.loads(run(env, "info", "--json").stdout)
+    assert info["collections"]["images"] == 0
+
+
+def test_other_model_is_refused(env, other_model_dir) -> None:  # type: ignore[no-untyped-def]
+    run(env, "info")
+    proc = run({**env, "SIGHTLINE_MODEL": str(other_model_dir)}, "search", "anything", check=False)
+    assert proc.returncode == 2
+    assert "was built with model" in proc.stderr and "Re-embed" in proc.stderr
+
+
+def test_configuration_errors_are_readable(env) -> None:  # type: ignore[no-untyped-def]
+    proc = run({**env, "SIGHTLINE_BATCH_SIZE": "0"}, "info", check=False)
+    assert proc.returncode == 2
+    assert "SIGHTLINE_BATCH_SIZE" in proc.stderr and "greater than or equal to 1" in proc.stderr
+    proc = run({**env, "SIGHTLINE_MODEL": "nobody/nothing"}, "info", check=False)
+    assert proc.returncode == 2 and "SIGHTLINE_MODEL" in proc.stderr

@@ -1,0 +1,64 @@
+"""Build a tiny CLIP-architecture model on disk: real code paths, no download, random weights.
+
+sentence-transformers loads it exactly as it loads a real Hugging Face CLIP directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+
+def byte_level_vocab() -> dict[str, int]:
+    """CLIP's byte-level base vocabulary with its special tokens (no merges)."""
+    chars = list(bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    return {t: i for i, t in enumerate(tokens)}
+
+
+def build_tiny_clip(
+    path: Path, seed: int = 0, projection_dim: int = 16, image_size: int = 32
+) -> Path:
+    """Save a randomly initialised tiny CLIPModel with tokenizer and processor at ``path``."""
+    vocab = byte_level_vocab()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    eos = vocab["<|endoftext|>"]
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 77,
+            "bos_token_id": vocab["<|startoftext|>"],
+            "eos_token_id": eos,
+            "pad_token_id": eos,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": image_size,
+            "patch_size": 8,
+        },
+        projection_dim=projection_dim,
+    )
+    torch.manual_seed(seed)
+    model = CLIPModel(config)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessorPil(
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
+        ),
+        tokenizer=tokenizer,
+    )
+    processor.save_pretrained(path)
+    return path

@@ -1,0 +1,1 @@
+"""Flask service: JSON API and admin dashboard over ``services``."""
