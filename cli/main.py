@@ -172,6 +172,84 @@ def info(as_json: JsonOpt = False) -> None:
         typer.echo(f"{'collection':>14}: {name} ({count} points)")
 
 
+@app.command()
+def worker(
+    queues: Annotated[str, typer.Option(help="Comma-separated queues to consume.")] = "ingest,jobs",
+    concurrency: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    pool: Annotated[str, typer.Option(help="prefork, solo or threads.")] = "prefork",
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "info",
+) -> None:
+    """Run a Celery worker (needs SIGHTLINE_QUEUE__BROKER_URL).
+
+    Consumers of the ingest queue prefetch one batch (SIGHTLINE_QUEUE__BATCH_SIZE) so they
+    can embed in batches; with late acknowledgement a killed worker's reserved messages
+    are redelivered. Other queues prefetch one message.
+    """
+    settings = load_settings()
+    from workers.celery_app import INGEST_QUEUE, create_celery
+
+    celery = create_celery(settings)
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    prefetch = (settings.queue.batch_size or settings.batch_size) if INGEST_QUEUE in names else 1
+    celery.worker_main(
+        [
+            "worker",
+            f"--queues={','.join(names)}",
+            f"--concurrency={concurrency}",
+            f"--pool={pool}",
+            f"--loglevel={loglevel}",
+            f"--prefetch-multiplier={prefetch}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+@app.command()
+def job(
+    job_id: Annotated[str, typer.Argument(help="A job id from an upload or bulk command.")],
+    retry: Annotated[bool, typer.Option("--retry", help="Re-queue the failed items.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """State and counts of a job, its failed items with reasons; --retry re-queues them."""
+    from workers.runtime import build_runtime
+
+    runtime = build_runtime(load_settings())
+    retried = runtime.uploads.retry_failed(job_id) if retry else 0
+    data = {
+        **runtime.uploads.job(job_id).as_dict(),
+        "failed_items": runtime.uploads.failed_items(job_id),
+        "retried": retried,
+    }
+    if as_json:
+        emit_json(data)
+        return
+    typer.echo(f"job {data['id']} ({data['kind']}): {data['state']}, {data['counts']}")
+    for item in data["failed_items"]:
+        typer.echo(f"  failed  {item['item']}: {item['reason']}")
+    if retry:
+        typer.echo(f"re-queued {retried} items")
+
+
+@app.command()
+def reconcile(as_json: JsonOpt = False) -> None:
+    """Re-queue stored images that have no point in the index (e.g. after a crash)."""
+    from workers.runtime import build_runtime
+
+    runtime = build_runtime(load_settings())
+    runtime.services.open()
+    job_id, n = runtime.uploads.reconcile()
+    if runtime.embedded and job_id:
+        runtime.dispatcher.join(timeout_s=3600)  # type: ignore[union-attr]
+    runtime.close()
+    if as_json:
+        emit_json({"job_id": job_id, "queued": n})
+    else:
+        typer.echo(
+            f"{n} stored images had no point; queued as job {job_id}" if n else "index complete"
+        )
+
+
 def main() -> None:
     """Entry point: domain errors become a one-line message and exit status 2."""
     try:

@@ -62,6 +62,42 @@ class ImageLimits(BaseModel):
     max_frames: int = Field(default=200, ge=1)
 
 
+class QueueSettings(BaseModel):
+    """Event delivery: Celery over Redis, or in-process when no broker is configured."""
+
+    broker_url: str | None = Field(
+        default=None, description="Redis URL of the Celery broker; unset = in-process queue."
+    )
+    result_backend: str | None = Field(default=None, description="Defaults to the broker URL.")
+    visibility_timeout_s: int = Field(
+        default=3600,
+        ge=5,
+        description="Unacknowledged tasks are redelivered after this; must exceed the longest task.",
+    )
+    batch_size: int | None = Field(
+        default=None, ge=1, le=1024, description="Defaults to BATCH_SIZE."
+    )
+    batch_max_wait_s: float = Field(default=0.5, ge=0.0, le=60.0)
+    max_retries: int = Field(default=5, ge=0, le=100, description="Retries of transient failures.")
+    retry_backoff_s: float = Field(default=2.0, ge=0.0)
+    retry_backoff_max_s: float = Field(default=120.0, ge=0.0)
+    max_deliveries: int = Field(
+        default=3, ge=1, le=100, description="Deliveries of one item before it is given up."
+    )
+
+
+class FetchSettings(BaseModel):
+    """Downloading images by URL."""
+
+    timeout_s: float = Field(default=15.0, gt=0, le=300)
+    max_redirects: int = Field(default=3, ge=0, le=10)
+    allow_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDRs allowed even if private/loopback (e.g. an internal CDN).",
+    )
+    user_agent: str = "Sightline/0.1 (+image ingest)"
+
+
 class Settings(BaseSettings):
     """Everything Sightline can be told, validated at start-up."""
 
@@ -79,6 +115,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=32, ge=1, le=1024, description="Images per model call.")
     index: IndexSettings = Field(default_factory=IndexSettings)
     images: ImageLimits = Field(default_factory=ImageLimits)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
 
     @classmethod
     def settings_customise_sources(

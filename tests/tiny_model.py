@@ -21,7 +21,13 @@ def byte_level_vocab() -> dict[str, int]:
 
 
 def build_tiny_clip(
-    path: Path, seed: int = 0, projection_dim: int = 16, image_size: int = 32
+    path: Path,
+    seed: int = 0,
+    projection_dim: int = 16,
+    image_size: int = 32,
+    vision_hidden: int = 32,
+    vision_layers: int = 2,
+    patch_size: int = 8,
 ) -> Path:
     """Save a randomly initialised tiny CLIPModel with tokenizer and processor at ``path``."""
     vocab = byte_level_vocab()
@@ -40,12 +46,12 @@ def build_tiny_clip(
             "pad_token_id": eos,
         },
         vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
+            "hidden_size": vision_hidden,
+            "intermediate_size": 2 * vision_hidden,
+            "num_hidden_layers": vision_layers,
             "num_attention_heads": 2,
             "image_size": image_size,
-            "patch_size": 8,
+            "patch_size": patch_size,
         },
         projection_dim=projection_dim,
     )

@@ -1,0 +1,221 @@
+"""What workers do with events: the task bodies, free of Celery so one code path serves both
+the Celery workers and the embedded in-process queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from services.errors import IndexUnavailable, InvalidImage, InvalidMetadata, NotFound
+from services.events import Dispatcher, FetchEvent, IngestEvent
+from services.fetch import FetchFailed, FetchRefused, fetch_image
+from services.ids import point_id
+from services.ingest import IngestItem, Ingestor, Outcome, _Prepared
+from services.jobs import JobStore, State
+from services.settings import FetchSettings, ImageLimits, QueueSettings
+from services.store import ImageStore
+
+log = logging.getLogger(__name__)
+
+
+def backoff_s(attempt: int, queue: QueueSettings) -> float:
+    """Exponential backoff for the n-th retry (1-based), capped."""
+    return float(min(queue.retry_backoff_max_s, queue.retry_backoff_s * 2 ** (attempt - 1)))
+
+
+@dataclass
+class Pipeline:
+    """Processes ingest, fetch, bulk and delete work for one process."""
+
+    ingestor: Ingestor
+    store: ImageStore
+    jobs: JobStore
+    dispatcher: Dispatcher
+    queue: QueueSettings
+    fetch_settings: FetchSettings
+    limits: ImageLimits
+
+    # -- ingest ---------------------------------------------------------------------------
+
+    def _delivery_key(self, event: IngestEvent) -> str:
+        # Deliveries are counted per retry generation, so retries of transient errors do not
+        # use up the budget meant for items that crash their worker.
+        return f"{event.item}#{event.round}.{event.attempt}"
+
+    def _load(self, event: IngestEvent) -> _Prepared | str:
+        """Read and validate one stored image; a string is the reason it failed."""
+        try:
+            data = self.store.get(event.image_id)
+            return self.ingestor.prepare(IngestItem(data, event.filename, event.metadata))
+        except NotFound:
+            return f"image {event.image_id} is not in the image store"
+        except (InvalidImage, InvalidMetadata) as e:
+            return str(e)
+
+    def ingest_events(self, events: Sequence[IngestEvent]) -> None:
+        """Decode, embed and upsert a batch of image.uploaded events.
+
+        Permanent failures (bad image) fail their item at once with the reason; a transient
+        index failure re-publishes the batch with exponential backoff, a bounded number of
+        times; an item delivered more than ``max_deliveries`` times (its worker keeps dying)
+        is given up.
+        """
+        live: list[IngestEvent] = []
+        for ev in events:
+            deliveries = self.jobs.attempt(ev.job_id, self._delivery_key(ev))
+            if deliveries > self.queue.max_deliveries:
+                self.jobs.set_item(
+                    ev.job_id,
+                    ev.item,
+                    State.FAILED,
+                    f"gave up after {deliveries - 1} deliveries: processing it kept "
+                    "killing the worker",
+                    image_id=ev.image_id,
+                    event=ev.to_dict(),
+                )
+                continue
+            self.jobs.set_item(
+                ev.job_id, ev.item, State.PROCESSING, image_id=ev.image_id, event=ev.to_dict()
+            )
+            live.append(ev)
+        if not live:
+            return
+        # Decoding runs on threads (Pillow releases the GIL) beside the model's own threads.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode") as pool:
+            loaded = list(pool.map(self._load, live))
+        ready: list[tuple[IngestEvent, _Prepared]] = []
+        for ev, result in zip(live, loaded, strict=True):
+            if isinstance(result, str):
+                self._fail_bad_image(ev, result)
+            else:
+                ready.append((ev, result))
+        if not ready:
+            return
+        try:
+            results = self.ingestor.commit([p for _, p in ready])
+        except IndexUnavailable as e:
+            self._retry(([ev for ev, _ in ready]), str(e))
+            return
+        by_image = {r.image_id: r for r in results}
+        for ev, _ in ready:
+            r = by_image.get(ev.image_id)
+            if r is not None and r.outcome is not Outcome.FAILED:
+                self.jobs.set_item(ev.job_id, ev.item, State.DONE, image_id=ev.image_id)
+            else:
+                reason = r.reason if r is not None else "not processed"
+                self.jobs.set_item(ev.job_id, ev.item, State.FAILED, reason)
+
+    def _fail_bad_image(self, ev: IngestEvent, reason: str) -> None:
+        self.jobs.set_item(ev.job_id, ev.item, State.FAILED, reason, image_id=ev.image_id)
+        # A refused image must not linger in the store unless a point already uses it.
+        if not self.ingestor.index.retrieve(self.ingestor.collection, [point_id(ev.image_id)]):
+            self.store.delete(ev.image_id)
+
+    def _retry(self, events: Sequence[IngestEvent], reason: str) -> None:
+        again: list[IngestEvent] = []
+        for ev in events:
+            if ev.attempt >= self.queue.max_retries:
+                self.jobs.set_item(
+                    ev.job_id,
+                    ev.item,
+                    State.FAILED,
+                    f"gave up after {ev.attempt} retries: {reason}",
+                )
+            else:
+                self.jobs.set_item(ev.job_id, ev.item, State.QUEUED, f"retrying: {reason}")
+                again.append(replace(ev, attempt=ev.attempt + 1))
+        if again:
+            delay = backoff_s(again[0].attempt, self.queue)
+            log.warning(
+                "transient failure (%s); retrying %d items in %.1fs", reason, len(again), delay
+            )
+            self.dispatcher.ingest(again, delay_s=delay)
+
+    # -- URLs -----------------------------------------------------------------------------
+
+    def fetch(self, event: FetchEvent) -> None:
+        """Download one URL, validate and store it, then publish its ingest event."""
+        self.jobs.set_item(event.job_id, event.url, State.PROCESSING)
+        try:
+            data, final_url = fetch_image(event.url, self.fetch_settings, self.limits.max_bytes)
+            prepared = self.ingestor.prepare(IngestItem(data, final_url, event.metadata))
+        except FetchFailed as e:
+            if event.attempt >= self.queue.max_retries:
+                self.jobs.set_item(event.job_id, event.url, State.FAILED, str(e))
+            else:
+                self.jobs.set_item(event.job_id, event.url, State.QUEUED, f"retrying: {e}")
+                nxt = replace(event, attempt=event.attempt + 1)
+                self.dispatcher.fetch([nxt], delay_s=backoff_s(nxt.attempt, self.queue))
+            return
+        except (FetchRefused, InvalidImage, InvalidMetadata) as e:
+            self.jobs.set_item(event.job_id, event.url, State.FAILED, str(e))
+            return
+        image_id = self.store.put(data)
+        self.jobs.set_item(event.job_id, event.url, State.PROCESSING, image_id=image_id)
+        self.dispatcher.ingest(
+            [
+                IngestEvent(
+                    job_id=event.job_id,
+                    item=event.url,
+                    image_id=image_id,
+                    filename=final_url,
+                    metadata={**event.metadata, "source_url": event.url},
+                )
+            ]
+        )
+        del prepared
+
+    # -- bulk and delete ------------------------------------------------------------------
+
+    def bulk_folder(
+        self, job_id: str, path: str, metadata: Mapping[str, Mapping[str, Any]], chunk: int = 64
+    ) -> None:
+        """Fan a folder out into ingest events, validating and storing each file on the way."""
+        root = Path(path)
+        if not root.is_dir():
+            self.jobs.fail_job(job_id, f"{path} is not a folder the workers can read")
+            return
+        files = sorted(
+            f
+            for f in root.rglob("*")
+            if f.is_file() and not any(p.startswith(".") for p in f.relative_to(root).parts)
+        )
+        keys = [f.relative_to(root).as_posix() for f in files]
+        self.jobs.add_items(job_id, keys)
+        if not files:
+            self.jobs.fail_job(job_id, f"{path} holds no files")
+            return
+        pending: list[IngestEvent] = []
+        for f, key in zip(files, keys, strict=True):
+            meta = dict(metadata.get(key) or metadata.get(f.name) or {})
+            try:
+                if f.stat().st_size > self.limits.max_bytes:
+                    raise InvalidImage(
+                        f"file is {f.stat().st_size} bytes; the limit is {self.limits.max_bytes}"
+                    )
+                data = f.read_bytes()
+                self.ingestor.prepare(IngestItem(data, key, meta))
+            except (InvalidImage, InvalidMetadata, OSError) as e:
+                self.jobs.set_item(job_id, key, State.FAILED, str(e))
+                continue
+            image_id = self.store.put(data)
+            pending.append(IngestEvent(job_id, key, image_id, key, meta))
+            if len(pending) >= chunk:
+                self.dispatcher.ingest(pending)
+                pending = []
+        if pending:
+            self.dispatcher.ingest(pending)
+
+    def delete(self, job_id: str, image_ids: Sequence[str]) -> None:
+        """Remove images from the index and the store."""
+        for image_id in image_ids:
+            self.jobs.set_item(job_id, image_id, State.PROCESSING)
+        self.ingestor.index.delete(self.ingestor.collection, [point_id(i) for i in image_ids])
+        for image_id in image_ids:
+            self.store.delete(image_id)
+            self.jobs.set_item(job_id, image_id, State.DONE)
