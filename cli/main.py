@@ -190,7 +190,7 @@ def worker(
 
     celery = create_celery(settings)
     names = [q.strip() for q in queues.split(",") if q.strip()]
-    prefetch = (settings.queue.batch_size or settings.batch_size) if INGEST_QUEUE in names else 1
+    prefetch = settings.ingest_batch_size if INGEST_QUEUE in names else 1
     celery.worker_main(
         [
             "worker",

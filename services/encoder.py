@@ -72,6 +72,22 @@ def local_model_id(path: Path) -> str:
     return f"local:{path.name}@{h.hexdigest()[:16]}"
 
 
+def _input_size(model: Any) -> int | None:
+    """The image processor's target size, so decoding can stop at that resolution."""
+    processor = getattr(model[0], "processor", None)
+    image_processor = getattr(processor, "image_processor", None)
+    for attr in ("size", "crop_size"):
+        size = getattr(image_processor, attr, None)
+        if size is None:
+            continue
+        get = size.get if isinstance(size, dict) else lambda k, s=size: getattr(s, k, None)
+        for key in ("shortest_edge", "height"):
+            value = get(key)
+            if value:
+                return int(value)
+    return None
+
+
 class Encoder:
     """Embeds images and texts into one L2-normalised float32 space."""
 
@@ -92,6 +108,7 @@ class Encoder:
         self._logit_scale = 100.0
         self._logit_bias: float | None = None
         self._family = ModelFamily.CLIP
+        self._input_size: int | None = None
 
     @property
     def loaded(self) -> bool:
@@ -142,6 +159,7 @@ class Encoder:
         if not dim:
             raise ModelUnavailable(f"model {self.model_name!r} does not report its vector size")
         self._read_logit_params(model)
+        self._input_size = _input_size(model)
         model_id = local_model_id(path.resolve()) if is_local else self.model_name
         self._identity = ModelIdentity(model_id=model_id, size=int(dim))
         self._model = model
@@ -156,6 +174,12 @@ class Encoder:
             self._logit_scale = float(math.exp(float(scale.detach().reshape(-1)[0])))
         bias = getattr(hf, "logit_bias", None)
         self._logit_bias = float(bias.detach().reshape(-1)[0]) if bias is not None else None
+
+    @property
+    def input_size(self) -> int | None:
+        """Pixels on the shorter side the model's processor resizes to (None: unknown)."""
+        self.load()
+        return self._input_size
 
     @property
     def identity(self) -> ModelIdentity:

@@ -75,8 +75,16 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:
+_SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
+
+
+def decode_image(data: bytes, limits: ImageLimits, min_side: int | None = None) -> DecodedImage:
     """Validate and decode an upload.
+
+    With ``min_side``, JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose
+    shorter side stays at least ``min_side``: the whole stream is still read (so truncation
+    is still detected), but a model that looks at 224 pixels does not pay for decoding 12
+    megapixels. ``width`` and ``height`` always describe the original image.
 
     Raises:
         InvalidImage: empty, corrupt or truncated data.
@@ -116,7 +124,14 @@ def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:
     if frames > limits.max_frames:
         raise ImageTooLarge(f"image has {frames} frames; the limit is {limits.max_frames}")
     try:
+        # PNG keeps EXIF after the pixels, so reading it may decode: inside the guard.
+        orientation = img.getexif().get(0x0112, 1)
+        orig_w, orig_h = (height, width) if orientation in _SWAPS_AXES else (width, height)
         img.seek(0)
+        if min_side and fmt == "JPEG" and img.mode in ("RGB", "L", "CMYK", "YCbCr"):
+            scale = min(width, height) / min_side
+            if scale >= 2:
+                img.draft(img.mode, (max(1, width // int(scale)), max(1, height // int(scale))))
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()
@@ -131,7 +146,7 @@ def decode_image(data: bytes, limits: ImageLimits) -> DecodedImage:
         image=rgb,
         image_id=sha256_hex(data),
         format=fmt,
-        width=rgb.width,
-        height=rgb.height,
+        width=orig_w,
+        height=orig_h,
         size_bytes=len(data),
     )

@@ -35,6 +35,7 @@ RESERVED_KEYS = frozenset(
         "moderation",
     }
 )
+_VALIDATION_SIDE = 8
 _MAX_META_KEYS = 64
 _MAX_META_VALUE = 4096
 
@@ -134,14 +135,18 @@ class Ingestor:
         self.collection = collection
         self.batch_size = batch_size
 
-    def prepare(self, item: IngestItem) -> _Prepared:
+    def prepare(self, item: IngestItem, for_model: bool = True) -> _Prepared:
         """Validate one upload without writing anything.
+
+        ``for_model=False`` only validates (publishers): the pixels are decoded at the
+        smallest scale, which still reads and checks the whole stream.
 
         Raises:
             InvalidImage, InvalidMetadata: the item is refused.
         """
         metadata = validate_metadata(item.metadata)
-        decoded = decode_image(item.data, self.limits)
+        min_side = self.encoder.input_size if for_model else _VALIDATION_SIDE
+        decoded = decode_image(item.data, self.limits, min_side=min_side)
         payload = {
             **metadata,
             "image_id": decoded.image_id,

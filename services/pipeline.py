@@ -85,11 +85,26 @@ class Pipeline:
             live.append(ev)
         if not live:
             return
-        # Decoding runs on threads (Pillow releases the GIL) beside the model's own threads.
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="decode") as pool:
-            loaded = list(pool.map(self._load, live))
+        # Decode the next chunk on a thread (Pillow releases the GIL) while the model embeds
+        # this one, so decoding hides behind the model instead of adding to it.
+        size = max(1, self.ingestor.encoder.batch_size)
+        chunks = [live[i : i + size] for i in range(0, len(live), size)]
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
+            pending = pool.submit(self._load_chunk, chunks[0])
+            for n in range(len(chunks)):
+                loaded = pending.result()
+                if n + 1 < len(chunks):
+                    pending = pool.submit(self._load_chunk, chunks[n + 1])
+                self._commit_chunk(loaded)
+
+    def _load_chunk(
+        self, events: Sequence[IngestEvent]
+    ) -> list[tuple[IngestEvent, _Prepared | str]]:
+        return [(ev, self._load(ev)) for ev in events]
+
+    def _commit_chunk(self, loaded: Sequence[tuple[IngestEvent, _Prepared | str]]) -> None:
         ready: list[tuple[IngestEvent, _Prepared]] = []
-        for ev, result in zip(live, loaded, strict=True):
+        for ev, result in loaded:
             if isinstance(result, str):
                 self._fail_bad_image(ev, result)
             else:
@@ -99,7 +114,7 @@ class Pipeline:
         try:
             results = self.ingestor.commit([p for _, p in ready])
         except IndexUnavailable as e:
-            self._retry(([ev for ev, _ in ready]), str(e))
+            self._retry([ev for ev, _ in ready], str(e))
             return
         by_image = {r.image_id: r for r in results}
         for ev, _ in ready:
@@ -143,7 +158,9 @@ class Pipeline:
         self.jobs.set_item(event.job_id, event.url, State.PROCESSING)
         try:
             data, final_url = fetch_image(event.url, self.fetch_settings, self.limits.max_bytes)
-            prepared = self.ingestor.prepare(IngestItem(data, final_url, event.metadata))
+            prepared = self.ingestor.prepare(
+                IngestItem(data, final_url, event.metadata), for_model=False
+            )
         except FetchFailed as e:
             if event.attempt >= self.queue.max_retries:
                 self.jobs.set_item(event.job_id, event.url, State.FAILED, str(e))
@@ -199,7 +216,7 @@ class Pipeline:
                         f"file is {f.stat().st_size} bytes; the limit is {self.limits.max_bytes}"
                     )
                 data = f.read_bytes()
-                self.ingestor.prepare(IngestItem(data, key, meta))
+                self.ingestor.prepare(IngestItem(data, key, meta), for_model=False)
             except (InvalidImage, InvalidMetadata, OSError) as e:
                 self.jobs.set_item(job_id, key, State.FAILED, str(e))
                 continue

@@ -134,6 +134,11 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     @property
+    def ingest_batch_size(self) -> int:
+        """Events a worker buffers before processing them together."""
+        return self.queue.batch_size or 4 * self.batch_size
+
+    @property
     def index_path(self) -> Path:
         """Directory of the embedded index."""
         return self.index.path or self.data_dir / "index"

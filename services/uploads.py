@@ -52,7 +52,7 @@ class UploadService:
         refused: list[dict[str, Any]] = []
         for item in items:
             try:
-                prepared = self.ingestor.prepare(item)
+                prepared = self.ingestor.prepare(item, for_model=False)
             except (InvalidImage, InvalidMetadata) as e:
                 refused.append({"filename": item.filename, "error": e.code, "message": str(e)})
                 continue

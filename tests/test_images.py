@@ -158,3 +158,23 @@ def test_side_limit() -> None:
     data = _save(Image.new("RGB", (3000, 10)), "PNG")
     with pytest.raises(ImageTooLarge):
         decode_image(data, ImageLimits(max_side=2000))
+
+
+def test_jpeg_decoded_at_model_scale_keeps_original_facts() -> None:
+    img = Image.new("RGB", (1600, 1200), (20, 200, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _save(img, "JPEG", exif=exif.tobytes())
+    full = decode_image(data, LIMITS)
+    small = decode_image(data, LIMITS, min_side=224)
+    assert (full.width, full.height) == (small.width, small.height) == (1200, 1600)
+    assert full.image.size == (1200, 1600)
+    # Decoded at 1/4 scale: still at least 224 on the short side, 16x fewer pixels.
+    assert small.image.size == (300, 400)
+    assert small.image_id == full.image_id
+
+
+def test_truncated_jpeg_still_refused_at_model_scale() -> None:
+    data = jpeg_bytes(3, size=(900, 900))
+    with pytest.raises(InvalidImage, match=r"truncated|corrupt"):
+        decode_image(data[: len(data) // 2], LIMITS, min_side=32)

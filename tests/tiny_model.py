@@ -28,6 +28,11 @@ def build_tiny_clip(
     vision_hidden: int = 32,
     vision_layers: int = 2,
     patch_size: int = 8,
+    vision_heads: int = 2,
+    vision_intermediate: int | None = None,
+    text_hidden: int = 32,
+    text_layers: int = 2,
+    text_heads: int = 2,
 ) -> Path:
     """Save a randomly initialised tiny CLIPModel with tokenizer and processor at ``path``."""
     vocab = byte_level_vocab()
@@ -36,10 +41,10 @@ def build_tiny_clip(
     config = CLIPConfig(
         text_config={
             "vocab_size": len(vocab),
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
+            "hidden_size": text_hidden,
+            "intermediate_size": 4 * text_hidden if text_hidden > 32 else 64,
+            "num_hidden_layers": text_layers,
+            "num_attention_heads": text_heads,
             "max_position_embeddings": 77,
             "bos_token_id": vocab["<|startoftext|>"],
             "eos_token_id": eos,
@@ -47,9 +52,9 @@ def build_tiny_clip(
         },
         vision_config={
             "hidden_size": vision_hidden,
-            "intermediate_size": 2 * vision_hidden,
+            "intermediate_size": vision_intermediate or 2 * vision_hidden,
             "num_hidden_layers": vision_layers,
-            "num_attention_heads": 2,
+            "num_attention_heads": vision_heads,
             "image_size": image_size,
             "patch_size": patch_size,
         },

@@ -50,7 +50,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": JOBS_QUEUE,
         "task_routes": {"sightline.ingest": {"queue": INGEST_QUEUE}},
         "worker_hijack_root_logger": False,
-        "sightline_batch_size": q.batch_size or settings.batch_size,
+        "sightline_batch_size": settings.ingest_batch_size,
         "sightline_batch_max_wait_s": q.batch_max_wait_s,
     }
 

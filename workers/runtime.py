@@ -52,9 +52,7 @@ def build_runtime(settings: Settings, services: Services | None = None) -> Runti
         dispatcher = CeleryDispatcher(create_celery(settings))
     else:
         jobs = MemoryJobStore()
-        dispatcher = InProcessDispatcher(
-            jobs, q.batch_size or settings.batch_size, q.batch_max_wait_s
-        )
+        dispatcher = InProcessDispatcher(jobs, settings.ingest_batch_size, q.batch_max_wait_s)
     pipeline = Pipeline(
         ingestor=services.ingestor,
         store=services.store,

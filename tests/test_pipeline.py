@@ -1,0 +1,255 @@
+"""The ingestion pipeline in-process: URLs (with SSRF guards), bulk folders, retries,
+reconciliation, and the job stores' shared contract (memory and a real Redis)."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from qdrant_client import QdrantClient
+
+from services.container import build_services
+from services.errors import InvalidImage, InvalidMetadata, NotFound
+from services.fetch import FetchRefused, fetch_image
+from services.index.server import ServerIndex
+from services.ingest import IngestItem
+from services.jobs import JobStore, MemoryJobStore, RedisJobStore, State
+from services.settings import FetchSettings, Settings
+from tests.conftest import jpeg_bytes, png_bytes
+from tests.servers import RedisServer, free_port
+from workers.runtime import Runtime, build_runtime
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
+
+    def do_GET(self) -> None:
+        status, headers, body = self.routes.get(self.path, (404, {}, b"missing"))
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def http_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Handler.routes = {
+        "/a.png": (200, {"Content-Type": "image/png"}, png_bytes(1)),
+        "/b.jpg": (200, {"Content-Type": "image/jpeg"}, jpeg_bytes(2)),
+        "/text": (200, {"Content-Type": "text/plain"}, b"hello"),
+        "/big": (200, {}, b"\0" * 5000),
+        "/to-a": (302, {"Location": "/a.png"}, b""),
+        "/to-metadata": (302, {"Location": "http://169.254.169.254/latest/meta-data"}, b""),
+        "/loop": (302, {"Location": "/loop"}, b""),
+    }
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+LOOPBACK_OK = FetchSettings(allow_networks=["127.0.0.0/8"], timeout_s=5)
+
+
+def test_fetch_refuses_private_addresses_unless_allowed(http_server: str) -> None:
+    with pytest.raises(FetchRefused, match="ALLOW_NETWORKS"):
+        fetch_image(f"{http_server}/a.png", FetchSettings(), 10_000)
+    data, final = fetch_image(f"{http_server}/to-a", LOOPBACK_OK, 10_000)
+    assert data == png_bytes(1) and final.endswith("/a.png")
+
+
+def test_fetch_checks_every_redirect_and_limits(http_server: str) -> None:
+    with pytest.raises(FetchRefused, match=r"169\.254\.169\.254"):
+        fetch_image(f"{http_server}/to-metadata", LOOPBACK_OK, 10_000)
+    with pytest.raises(FetchRefused, match="redirects"):
+        fetch_image(f"{http_server}/loop", LOOPBACK_OK, 10_000)
+    with pytest.raises(FetchRefused, match="limit"):
+        fetch_image(f"{http_server}/big", LOOPBACK_OK, 1000)
+    with pytest.raises(FetchRefused, match="HTTP 404"):
+        fetch_image(f"{http_server}/nothing", LOOPBACK_OK, 1000)
+    for bad in ("file:///etc/passwd", "ftp://example.com/x.png", "http:///nohost"):
+        with pytest.raises(FetchRefused, match="http and https"):
+            fetch_image(bad, LOOPBACK_OK, 1000)
+
+
+@pytest.fixture
+def runtime(settings: Settings, encoder, index) -> Iterator[Runtime]:  # type: ignore[no-untyped-def]
+    settings = settings.model_copy(
+        update={
+            "fetch": LOOPBACK_OK,
+            "queue": settings.queue.model_copy(
+                update={"batch_max_wait_s": 0.05, "retry_backoff_s": 0.01, "max_retries": 2}
+            ),
+        }
+    )
+    services = build_services(settings, encoder=encoder, index=index)
+    services.open()
+    rt = build_runtime(settings, services)
+    yield rt
+    rt.dispatcher.close()  # type: ignore[union-attr]
+
+
+def _settle(rt: Runtime) -> None:
+    assert rt.dispatcher.join(timeout_s=60)  # type: ignore[union-attr]
+
+
+def test_url_job(runtime: Runtime, http_server: str) -> None:
+    urls = [
+        f"{http_server}/a.png",
+        f"{http_server}/b.jpg",
+        f"{http_server}/text",
+        f"{http_server}/to-metadata",
+    ]
+    job_id = runtime.uploads.ingest_urls(urls, {"source": "feed"})
+    _settle(runtime)
+    job = runtime.uploads.job(job_id)
+    assert job.counts["done"] == 2 and job.counts["failed"] == 2 and job.state is State.DONE
+    reasons = {f["item"]: f["reason"] for f in runtime.uploads.failed_items(job_id)}
+    assert "not a recognised image" in reasons[f"{http_server}/text"]
+    assert "169.254.169.254" in reasons[f"{http_server}/to-metadata"]
+    hits = runtime.services.search.text("anything", k=5)
+    assert {h.payload["source_url"] for h in hits} == set(urls[:2])
+    assert all(h.payload["source"] == "feed" for h in hits)
+    with pytest.raises(InvalidMetadata):
+        runtime.uploads.ingest_urls(["file:///etc/passwd"])
+
+
+def test_bulk_folder_job(runtime: Runtime, tmp_path: Path) -> None:
+    folder = tmp_path / "bulk"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(6):
+        (folder / ("sub" if i % 2 else ".") / f"{i}.png").write_bytes(png_bytes(100 + i))
+    (folder / "broken.jpg").write_bytes(b"not really")
+    (folder / ".hidden.png").write_bytes(png_bytes(999))
+    job_id = runtime.uploads.bulk_folder(str(folder), {"sub/1.png": {"title": "one"}})
+    _settle(runtime)
+    job = runtime.uploads.job(job_id)
+    assert job.total == 7 and job.counts["done"] == 6 and job.counts["failed"] == 1
+    assert runtime.services.index.count(runtime.services.collections.images) == 6
+    assert [
+        h.payload.get("title")
+        for h in runtime.services.search.text("x", k=10, flt=None)
+        if h.payload.get("title")
+    ] == ["one"]
+    missing = runtime.uploads.bulk_folder(str(tmp_path / "nope"))
+    _settle(runtime)
+    assert runtime.uploads.job(missing).state is State.FAILED
+
+
+def test_upload_refuses_bad_items_and_stores_nothing_for_them(runtime: Runtime) -> None:
+    receipt = runtime.uploads.upload(
+        [IngestItem(png_bytes(5), "ok.png"), IngestItem(b"junk", "bad.jpg")]
+    )
+    assert [r["filename"] for r in receipt.refused] == ["bad.jpg"]
+    _settle(runtime)
+    assert runtime.uploads.job(receipt.job_id).counts["done"] == 1  # type: ignore[arg-type]
+    with pytest.raises(InvalidImage, match=r"bad\.jpg"):
+        runtime.uploads.upload([IngestItem(b"junk", "bad.jpg")])
+    assert len(list(runtime.services.store.ids())) == 1
+
+
+def test_reconcile_requeues_stored_images_without_points(runtime: Runtime) -> None:
+    orphan = runtime.services.store.put(png_bytes(77))  # e.g. a worker crashed before upsert
+    job_id, n = runtime.uploads.reconcile()
+    assert n == 1 and job_id
+    _settle(runtime)
+    assert runtime.services.search.resolve(orphan)
+    assert runtime.uploads.reconcile() == (None, 0)
+
+
+def test_delete_job(runtime: Runtime) -> None:
+    receipt = runtime.uploads.upload([IngestItem(png_bytes(i), f"{i}.png") for i in range(3)])
+    _settle(runtime)
+    victim = receipt.accepted[0]["image_id"]
+    job_id = runtime.uploads.delete([victim])
+    _settle(runtime)
+    assert runtime.uploads.job(job_id).state is State.DONE
+    assert not runtime.services.store.exists(victim)
+    with pytest.raises(NotFound):
+        runtime.services.search.resolve(victim)
+    with pytest.raises(NotFound):
+        runtime.uploads.delete(["0" * 64])
+
+
+def test_transient_index_failure_retries_then_fails_and_can_be_retried(
+    settings: Settings,
+    encoder,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """A Qdrant server that is down: real client, real connection errors, bounded retries."""
+    port = free_port()
+    down = ServerIndex(
+        QdrantClient(url=f"http://127.0.0.1:{port}", timeout=1, check_compatibility=False)
+    )
+    settings = settings.model_copy(
+        update={
+            "queue": settings.queue.model_copy(
+                update={"retry_backoff_s": 0.01, "max_retries": 2, "batch_max_wait_s": 0.01}
+            )
+        }
+    )
+    services = build_services(settings, encoder=encoder, index=down)
+    rt = build_runtime(settings, services)
+    receipt = rt.uploads.upload([IngestItem(png_bytes(1), "a.png", {"title": "kept"})])
+    _settle(rt)
+    (failed,) = rt.uploads.failed_items(receipt.job_id)  # type: ignore[arg-type]
+    assert "gave up after 2 retries" in failed["reason"] and "unreachable" in failed["reason"]
+    # The index comes back (here: another adapter over local storage); retry the failed item.
+    up = ServerIndex(QdrantClient(path=str(tmp_path / "qdrant-up")))
+    services2 = build_services(settings, encoder=encoder, index=up)
+    services2.open()
+    rt.pipeline.ingestor = services2.ingestor
+    rt.uploads.ingestor = services2.ingestor
+    assert rt.uploads.retry_failed(receipt.job_id) == 1  # type: ignore[arg-type]
+    _settle(rt)
+    assert rt.uploads.job(receipt.job_id).state is State.DONE  # type: ignore[arg-type]
+    (hit,) = services2.search.text("x", k=1)
+    assert hit.payload["title"] == "kept"  # metadata survived the retry
+    rt.dispatcher.close()  # type: ignore[union-attr]
+    up.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def job_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
+    if request.param == "memory":
+        yield MemoryJobStore()
+        return
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield RedisJobStore(server.client())
+    server.stop()
+
+
+def test_job_store_contract(job_store: JobStore) -> None:
+    job_id = job_store.create("upload", ["a", "b", "c"], {"who": "test"})
+    job = job_store.get(job_id)
+    assert job.state is State.QUEUED and job.total == 3 and job.meta == {"who": "test"}
+    job_store.set_item(job_id, "a", State.PROCESSING)
+    assert job_store.get(job_id).state is State.PROCESSING
+    job_store.set_item(job_id, "a", State.DONE, image_id="i-a")
+    job_store.set_item(job_id, "a", State.DONE)  # redelivered: counted once
+    job_store.set_item(job_id, "b", State.FAILED, "broken")
+    assert job_store.attempt(job_id, "c#.0") == 1 and job_store.attempt(job_id, "c#.0") == 2
+    job_store.set_item(job_id, "c", State.DONE)
+    job = job_store.get(job_id)
+    assert job.counts == {"queued": 0, "processing": 0, "done": 2, "failed": 1}
+    assert job.state is State.DONE
+    (failed,) = job_store.items(job_id, State.FAILED)
+    assert failed.key == "b" and failed.reason == "broken"
+    assert {i.key: i.attempts for i in job_store.items(job_id)} == {"a": 0, "b": 0, "c": 2}
+    assert job_store.items(job_id, State.DONE)[0].image_id == "i-a"
+    all_failed = job_store.create("upload", ["x"])
+    job_store.set_item(all_failed, "x", State.FAILED, "bad")
+    assert job_store.get(all_failed).state is State.FAILED
+    with pytest.raises(NotFound):
+        job_store.get("nope")
