@@ -232,6 +232,35 @@ def job(
 
 
 @app.command()
+def reembed(
+    model: Annotated[str, typer.Option("--model", help="The new model (name or directory).")],
+    prefix: Annotated[str, typer.Option("--prefix", help="Collection prefix for the new set.")],
+    switch: Annotated[bool, typer.Option(help="Switch to the new collections when done.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-embed every image with another model into new collections, then switch to them.
+
+    With a broker this queues a job (see `sightline job`); embedded, it runs here. After
+    the switch, processes must run with SIGHTLINE_MODEL set to the new model.
+    """
+    from workers.runtime import build_runtime
+
+    runtime = build_runtime(load_settings())
+    runtime.services.open()
+    job_id = runtime.uploads.reembed(model, prefix, switch)
+    if runtime.embedded:
+        runtime.dispatcher.join(timeout_s=24 * 3600)  # type: ignore[union-attr]
+    data = runtime.uploads.job(job_id).as_dict()
+    runtime.close()
+    if as_json:
+        emit_json(data)
+    else:
+        typer.echo(f"job {job_id}: {data['state']} {data['counts']}")
+    if data["state"] == "failed":
+        raise typer.Exit(1)
+
+
+@app.command()
 def reconcile(as_json: JsonOpt = False) -> None:
     """Re-queue stored images that have no point in the index (e.g. after a crash)."""
     from workers.runtime import build_runtime

@@ -86,7 +86,10 @@ def build_services(
     """Build the service graph; tests pass their own encoder or index."""
     encoder = encoder or build_encoder(settings)
     index = index or build_index(settings)
-    collections = Collections.with_prefix(settings.index.collection_prefix)
+    prefix = settings.index.collection_prefix
+    if not prefix and "collection_prefix" not in settings.index.model_fields_set:
+        prefix = index.active_prefix() or ""
+    collections = Collections.with_prefix(prefix)
     store = ImageStore(settings.images_path)
     return Services(
         settings=settings,

@@ -66,3 +66,6 @@ class Dispatcher(Protocol):
 
     def delete(self, job_id: str, image_ids: Sequence[str]) -> None:
         """Publish a deletion."""
+
+    def reembed(self, job_id: str, model: str, prefix: str, switch: bool) -> None:
+        """Publish a re-embed of the catalog with another model."""

@@ -11,12 +11,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from services.encoder import Encoder
 from services.errors import IndexUnavailable, InvalidImage, InvalidMetadata, NotFound
 from services.events import Dispatcher, FetchEvent, IngestEvent
 from services.fetch import FetchFailed, FetchRefused, fetch_image
 from services.ids import point_id
 from services.ingest import IngestItem, Ingestor, Outcome, _Prepared
 from services.jobs import JobStore, State
+from services.reembed import reembed
 from services.settings import FetchSettings, ImageLimits, QueueSettings
 from services.store import ImageStore
 
@@ -227,6 +229,22 @@ class Pipeline:
                 pending = []
         if pending:
             self.dispatcher.ingest(pending)
+
+    def reembed(self, job_id: str, model: str, prefix: str, switch: bool) -> None:
+        """Re-embed every image with ``model`` into collections under ``prefix``."""
+        current = self.ingestor.encoder
+        target = Encoder(model, device=current.device, batch_size=current.batch_size)
+        reembed(
+            index=self.ingestor.index,
+            store=self.store,
+            limits=self.limits,
+            source_prefix=self.ingestor.collection.removesuffix("images"),
+            target_prefix=prefix,
+            target=target,
+            jobs=self.jobs,
+            job_id=job_id,
+            switch=switch,
+        )
 
     def delete(self, job_id: str, image_ids: Sequence[str]) -> None:
         """Remove images from the index and the store."""

@@ -42,7 +42,10 @@ class IndexSettings(BaseModel):
     api_key: SecretStr | None = Field(default=None, description="Qdrant API key (server).")
     timeout_s: int = Field(default=10, ge=1, le=600)
     collection_prefix: str = Field(
-        default="", pattern=r"^[A-Za-z0-9_-]*$", description="Prefix for collection names."
+        default="",
+        pattern=r"^[A-Za-z0-9_-]*$",
+        description="Prefix for collection names; unset = the prefix last switched to by "
+        "a re-embed (or none).",
     )
     hnsw_ef: int = Field(default=128, ge=4, le=4096, description="Search-time HNSW ef.")
 

@@ -140,6 +140,14 @@ class UploadService:
         self.dispatcher.delete(job_id, list(image_ids))
         return job_id
 
+    def reembed(self, model: str, prefix: str, switch: bool = True) -> str:
+        """Queue a re-embed of the whole catalog with ``model`` into ``prefix`` collections."""
+        if not prefix or prefix == self.ingestor.collection.removesuffix("images"):
+            raise InvalidMetadata("re-embed needs a new, non-empty collection prefix")
+        job_id = self.jobs.create("reembed", (), {"model": model, "prefix": prefix})
+        self.dispatcher.reembed(job_id, model, prefix, switch)
+        return job_id
+
     def job(self, job_id: str) -> Job:
         """A job's state and counts."""
         return self.jobs.get(job_id)

@@ -195,7 +195,9 @@ def test_transient_index_failure_retries_then_fails_and_can_be_retried(
         update={
             "queue": settings.queue.model_copy(
                 update={"retry_backoff_s": 0.01, "max_retries": 2, "batch_max_wait_s": 0.01}
-            )
+            ),
+            # An explicit prefix: the index is down, so the switch pointer cannot be read.
+            "index": settings.index.model_copy(update={"collection_prefix": ""}),
         }
     )
     services = build_services(settings, encoder=encoder, index=down)

@@ -50,6 +50,12 @@ class CeleryDispatcher:
             "sightline.delete", kwargs={"job_id": job_id, "image_ids": list(image_ids)}
         )
 
+    def reembed(self, job_id: str, model: str, prefix: str, switch: bool) -> None:
+        self.app.send_task(
+            "sightline.reembed",
+            kwargs={"job_id": job_id, "model": model, "prefix": prefix, "switch": switch},
+        )
+
 
 _STOP = object()
 
@@ -111,6 +117,9 @@ class InProcessDispatcher:
     def delete(self, job_id: str, image_ids: Sequence[str]) -> None:
         self._put("delete", (job_id, list(image_ids)))
 
+    def reembed(self, job_id: str, model: str, prefix: str, switch: bool) -> None:
+        self._put("reembed", (job_id, model, prefix, switch))
+
     def _run(self) -> None:
         deferred: list[tuple[str, Any]] = []
         while True:
@@ -160,6 +169,8 @@ class InProcessDispatcher:
             pipe.bulk_folder(*payload)
         elif kind == "delete":
             pipe.delete(*payload)
+        elif kind == "reembed":
+            pipe.reembed(*payload)
 
     def _guard(self, kind: str, payload: Any) -> None:
         """Run one unit of work; an unexpected error fails its items instead of the thread."""
@@ -190,7 +201,7 @@ def fail_items(jobs: JobStore, kind: str, payload: Any, reason: str) -> None:
             jobs.set_item(ev.job_id, ev.item, State.FAILED, reason, image_id=ev.image_id)
     elif kind == "fetch":
         jobs.set_item(payload.job_id, payload.url, State.FAILED, reason)
-    elif kind == "bulk":
+    elif kind in ("bulk", "reembed"):
         jobs.fail_job(payload[0], reason)
     elif kind == "delete":
         for image_id in payload[1]:

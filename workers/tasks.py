@@ -87,3 +87,13 @@ def bulk_folder(
 def delete(self: SightlineTask, job_id: str, image_ids: list[str]) -> None:
     """Remove images from index and store."""
     self.runtime.pipeline.delete(job_id, image_ids)
+
+
+@shared_task(base=SightlineTask, bind=True, name="sightline.reembed")
+def reembed(self: SightlineTask, job_id: str, model: str, prefix: str, switch: bool) -> None:
+    """Re-embed the catalog with another model, then switch to it."""
+    try:
+        self.runtime.pipeline.reembed(job_id, model, prefix, switch)
+    except Exception as e:
+        self.runtime.jobs.fail_job(job_id, f"re-embed failed: {e}")
+        raise

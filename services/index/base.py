@@ -216,5 +216,13 @@ class VectorIndex(abc.ABC):
     ) -> list[Hit]:
         """Points ranked by sum of similarities to positives minus those to negatives."""
 
+    @abc.abstractmethod
+    def active_prefix(self) -> str | None:
+        """The collection prefix the deployment was last switched to (None: never switched)."""
+
+    @abc.abstractmethod
+    def set_active_prefix(self, prefix: str) -> None:
+        """Switch the deployment to the collections under ``prefix`` (atomically)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files and connections."""

@@ -36,6 +36,7 @@ from services.index.base import (
 )
 
 _META_FILE = "sightline.json"
+_ACTIVE_FILE = "active.json"  # the switch pointer (Qdrant aliases' role on a server)
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
@@ -253,6 +254,18 @@ class EdgeIndex(VectorIndex):
             )
         )
         return self._ranked(name, query, k, flt, group_by)
+
+    def active_prefix(self) -> str | None:
+        pointer = self.root / _ACTIVE_FILE
+        if not pointer.is_file():
+            return None
+        return str(json.loads(pointer.read_text())["prefix"])
+
+    def set_active_prefix(self, prefix: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / (_ACTIVE_FILE + ".tmp")
+        tmp.write_text(json.dumps({"prefix": prefix}))
+        os.replace(tmp, self.root / _ACTIVE_FILE)
 
     def optimize(self, name: str) -> None:
         """Build the HNSW index now instead of leaving it to the next optimiser pass."""

@@ -26,6 +26,8 @@ from services.index.base import (
     identity_from_dict,
 )
 
+ACTIVE_ALIAS = "sightline-active"
+
 
 def _server_filter(flt: PayloadFilter | None) -> models.Filter | None:
     if flt is None or flt.is_empty():
@@ -245,6 +247,35 @@ class ServerIndex(VectorIndex):
             )
         )
         return self._ranked(name, query, k, flt, group_by)
+
+    def active_prefix(self) -> str | None:
+        response = self._call("get_aliases", self.client.get_aliases)
+        for alias in response.aliases:
+            if alias.alias_name == ACTIVE_ALIAS and alias.collection_name.endswith("images"):
+                return str(alias.collection_name[: -len("images")])
+        return None
+
+    def set_active_prefix(self, prefix: str) -> None:
+        # A Qdrant alias on the active images collection: switched in one atomic request.
+        ops: list[Any] = []
+        if self.active_prefix() is not None:
+            ops.append(
+                models.DeleteAliasOperation(
+                    delete_alias=models.DeleteAlias(alias_name=ACTIVE_ALIAS)
+                )
+            )
+        ops.append(
+            models.CreateAliasOperation(
+                create_alias=models.CreateAlias(
+                    collection_name=f"{prefix}images", alias_name=ACTIVE_ALIAS
+                )
+            )
+        )
+        self._call(
+            "update_collection_aliases",
+            self.client.update_collection_aliases,
+            change_aliases_operations=ops,
+        )
 
     def close(self) -> None:
         self.client.close()

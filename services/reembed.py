@@ -1,0 +1,85 @@
+"""Re-embed a catalog with another model into new collections, then switch to them.
+
+Vectors from two models never share a collection, so a model change builds a complete
+second set of collections from the stored originals, while the old set keeps serving;
+the switch at the end is one atomic pointer change (a Qdrant alias on a server).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from services.encoder import Encoder
+from services.errors import InvalidImage, NotFound
+from services.images import decode_image
+from services.index.base import PointData, VectorIndex
+from services.jobs import JobStore, State
+from services.settings import ImageLimits
+from services.store import ImageStore
+
+
+def reembed(
+    *,
+    index: VectorIndex,
+    store: ImageStore,
+    limits: ImageLimits,
+    source_prefix: str,
+    target_prefix: str,
+    target: Encoder,
+    jobs: JobStore,
+    job_id: str,
+    switch: bool = True,
+    page: int = 64,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Copy every image of ``source_prefix`` into ``target_prefix`` with ``target``'s vectors.
+
+    Returns the number of images re-embedded. Images whose original is missing or no longer
+    decodes are failed items of the job; the switch happens only if none failed.
+    """
+    if source_prefix == target_prefix:
+        raise ValueError("re-embed needs a new collection prefix")
+    source, dest = f"{source_prefix}images", f"{target_prefix}images"
+    if index.collection_identity(source) is None:
+        raise NotFound(f"collection {source!r} does not exist")
+    identity = target.identity
+    for name in ("images", "labels", "flagged"):
+        index.ensure_collection(f"{target_prefix}{name}", identity)
+    total = index.count(source)
+    done = 0
+    offset: str | None = None
+    while True:
+        records, offset = index.scroll(source, limit=page, offset=offset)
+        jobs.add_items(job_id, [r.id for r in records])
+        points, images = [], []
+        for r in records:
+            image_id = str(r.payload.get("image_id", ""))
+            try:
+                decoded = decode_image(store.get(image_id), limits, min_side=target.input_size)
+            except (NotFound, InvalidImage) as e:
+                jobs.set_item(job_id, r.id, State.FAILED, str(e), image_id=image_id or None)
+                continue
+            images.append(decoded.image)
+            points.append((r.id, r.payload))
+        if images:
+            vectors = target.encode_images(images)
+            index.upsert(
+                dest,
+                [
+                    PointData(pid, v, payload)
+                    for (pid, payload), v in zip(points, vectors, strict=True)
+                ],
+            )
+            for pid, payload in points:
+                jobs.set_item(job_id, pid, State.DONE, image_id=str(payload.get("image_id")))
+        done += len(records)
+        if on_progress is not None:
+            on_progress(done, total)
+        if offset is None:
+            break
+    failed = jobs.get(job_id).counts["failed"]
+    if switch and not failed:
+        index.set_active_prefix(target_prefix)
+    elif switch:
+        jobs.fail_job(job_id, f"{failed} images could not be re-embedded; not switched")
+    return done - failed

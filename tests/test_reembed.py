@@ -1,0 +1,79 @@
+"""Model change: re-embed into new collections, switch, and refuse the old model after."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sentence_transformers import SentenceTransformer
+
+from services.container import build_services
+from services.encoder import Encoder
+from services.errors import InvalidMetadata, ModelMismatch
+from services.index.base import VectorIndex
+from services.ingest import IngestItem
+from services.jobs import State
+from services.settings import Settings
+from tests.brute import top_k
+from tests.conftest import png_bytes
+from workers.runtime import build_runtime
+
+
+def test_reembed_then_switch(
+    settings: Settings, encoder: Encoder, index: VectorIndex, other_model_dir: Path
+) -> None:
+    services = build_services(settings, encoder=encoder, index=index)
+    services.open()
+    items = [IngestItem(png_bytes(i), f"{i}.png", {"title": f"t{i}"}) for i in range(10)]
+    ids = [r.image_id for r in services.ingestor.ingest(items).results]
+    runtime = build_runtime(settings, services)
+
+    job_id = runtime.uploads.reembed(str(other_model_dir), "v2_")
+    assert runtime.dispatcher.join(timeout_s=120)  # type: ignore[union-attr]
+    job = runtime.uploads.job(job_id)
+    assert job.state is State.DONE and job.counts["done"] == 10
+    assert index.active_prefix() == "v2_"
+    assert index.count("v2_images") == 10 and index.count("images") == 10  # old set kept
+
+    # The new vectors are the new model's embeddings of the stored originals.
+    reference = SentenceTransformer(str(other_model_dir), device="cpu")
+    want = np.asarray(
+        reference.encode(
+            [Image.open(io.BytesIO(png_bytes(i))).convert("RGB") for i in range(10)],
+            normalize_embeddings=True,
+        )
+    )
+    got = {
+        r.payload["image_id"]: r for r in index.scroll("v2_images", limit=100, with_vectors=True)[0]
+    }
+    for i, image_id in enumerate(ids):
+        assert got[image_id].payload["title"] == f"t{i}"
+        np.testing.assert_allclose(got[image_id].vector, want[i], atol=1e-5)
+
+    # After the switch a process with the new model uses the new set...
+    new_settings = settings.model_copy(update={"model": str(other_model_dir)})
+    switched = build_services(new_settings, encoder=Encoder(str(other_model_dir)), index=index)
+    assert switched.collections.images == "v2_images"
+    switched.open()
+    q = reference.encode(["a red dress"], normalize_embeddings=True)[0]
+    hits = switched.search.text("a red dress", k=4)
+    assert [h.image_id for h in hits] == [w[0] for w in top_k(q, ids, want, 4)]
+    # ...and a process still on the old model is refused with a clear message.
+    stale = build_services(settings, encoder=encoder, index=index)
+    with pytest.raises(ModelMismatch, match="Re-embed"):
+        stale.open()
+    runtime.dispatcher.close()  # type: ignore[union-attr]
+
+
+def test_reembed_needs_a_new_prefix(
+    settings: Settings, encoder: Encoder, index: VectorIndex
+) -> None:
+    services = build_services(settings, encoder=encoder, index=index)
+    services.open()
+    runtime = build_runtime(settings, services)
+    with pytest.raises(InvalidMetadata):
+        runtime.uploads.reembed("whatever", "")
+    runtime.dispatcher.close()  # type: ignore[union-attr]
