@@ -279,6 +279,72 @@ def reconcile(as_json: JsonOpt = False) -> None:
         )
 
 
+keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="Who or what the key is for.")],
+    scope: Annotated[
+        list[str], typer.Option("--scope", "-s", help="search, ingest or admin (repeatable).")
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a key; its token is printed once and stored only as a hash."""
+    from services.apikeys import Scope
+    from web.app import build_keys
+
+    try:
+        scopes = [Scope(s) for s in scope]
+    except ValueError as e:
+        raise typer.BadParameter(f"{e}; scopes are search, ingest, admin") from e
+    key, token = build_keys(load_settings()).create(name, scopes)
+    if as_json:
+        emit_json({**key.as_dict(), "token": token})
+    else:
+        typer.echo(f"created key {key.id} ({', '.join(sorted(s.value for s in key.scopes))})")
+        typer.echo(f"token (shown once): {token}")
+
+
+@keys_app.command("list")
+def keys_list(as_json: JsonOpt = False) -> None:
+    """Every key (no secrets)."""
+    from web.app import build_keys
+
+    keys = [k.as_dict() for k in build_keys(load_settings()).list()]
+    if as_json:
+        emit_json(keys)
+        return
+    for k in keys:
+        state = "revoked" if k["revoked"] else "active"
+        typer.echo(f"{k['id']}  {state:<7}  {','.join(k['scopes']):<20}  {k['name']}")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id.")]) -> None:
+    """Revoke a key at once."""
+    from web.app import build_keys
+
+    build_keys(load_settings()).revoke(key_id)
+    typer.echo(f"revoked {key_id}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+) -> None:
+    """Serve the API with a threaded development server (production: gunicorn, see infra/)."""
+    from werkzeug.serving import run_simple
+
+    from web.app import create_app
+
+    flask_app = create_app(load_settings())
+    typer.echo(f"Sightline on http://{host}:{port}  (API under /api/v1, docs /api/v1/openapi.json)")
+    run_simple(host, port, flask_app, threaded=True, use_reloader=False)
+
+
 def main() -> None:
     """Entry point: domain errors become a one-line message and exit status 2."""
     try:

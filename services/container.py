@@ -10,6 +10,7 @@ from services.ingest import Ingestor
 from services.search import SearchService
 from services.settings import IndexBackend, Settings
 from services.store import ImageStore
+from services.thumbnails import ThumbnailStore
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Services:
     settings: Settings
     collections: Collections
     store: ImageStore
+    thumbnails: ThumbnailStore
     encoder: Encoder
     index: VectorIndex
     ingestor: Ingestor
@@ -91,14 +93,22 @@ def build_services(
         prefix = index.active_prefix() or ""
     collections = Collections.with_prefix(prefix)
     store = ImageStore(settings.images_path)
+    thumbnails = ThumbnailStore(settings.data_dir / "thumbnails", store, settings.images)
     return Services(
         settings=settings,
         collections=collections,
         store=store,
         encoder=encoder,
         index=index,
+        thumbnails=thumbnails,
         ingestor=Ingestor(
-            store, encoder, index, settings.images, collections.images, settings.batch_size
+            store,
+            encoder,
+            index,
+            settings.images,
+            collections.images,
+            settings.batch_size,
+            thumbnails=thumbnails,
         ),
         search=SearchService(encoder, index, settings.images, collections.images),
     )

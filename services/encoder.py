@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -109,6 +110,8 @@ class Encoder:
         self._logit_bias: float | None = None
         self._family = ModelFamily.CLIP
         self._input_size: int | None = None
+        # Called as observer(modality, items, seconds) after each encode (e.g. metrics).
+        self.observer: Callable[[Modality, int, float], None] | None = None
 
     @property
     def loaded(self) -> bool:
@@ -206,10 +209,11 @@ class Encoder:
         self.load()
         return self._logit_bias
 
-    def _encode(self, items: Sequence[Any]) -> np.ndarray:
+    def _encode(self, items: Sequence[Any], modality: Modality) -> np.ndarray:
         self.load()
         if not items:
             return np.zeros((0, self.identity.size), dtype=np.float32)
+        started = time.perf_counter()
         vectors = self._model.encode(
             list(items),
             batch_size=self.batch_size,
@@ -217,12 +221,14 @@ class Encoder:
             normalize_embeddings=True,
             show_progress_bar=False,
         )
+        if self.observer is not None:
+            self.observer(modality, len(items), time.perf_counter() - started)
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Embed RGB images; rows are unit-length float32 vectors."""
-        return self._encode(images)
+        return self._encode(images, Modality.IMAGE)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts; rows are unit-length float32 vectors."""
-        return self._encode(texts)
+        return self._encode(texts, Modality.TEXT)

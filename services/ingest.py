@@ -20,6 +20,7 @@ from services.images import DecodedImage, decode_image
 from services.index.base import PointData, VectorIndex
 from services.settings import ImageLimits
 from services.store import ImageStore
+from services.thumbnails import ThumbnailStore
 
 # Payload keys the system writes; user metadata may not overwrite them.
 RESERVED_KEYS = frozenset(
@@ -127,7 +128,9 @@ class Ingestor:
         limits: ImageLimits,
         collection: str,
         batch_size: int = 32,
+        thumbnails: ThumbnailStore | None = None,
     ) -> None:
+        self.thumbnails = thumbnails
         self.store = store
         self.encoder = encoder
         self.index = index
@@ -232,6 +235,8 @@ class Ingestor:
             points = []
             for p, vector in zip(new, vectors, strict=True):
                 self.store.put(p.item.data)
+                if self.thumbnails is not None:
+                    self.thumbnails.make(p.decoded.image_id, p.decoded.image)
                 points.append(
                     PointData(
                         id=point_id(p.decoded.image_id),

@@ -253,4 +253,6 @@ class Pipeline:
         self.ingestor.index.delete(self.ingestor.collection, [point_id(i) for i in image_ids])
         for image_id in image_ids:
             self.store.delete(image_id)
+            if self.ingestor.thumbnails is not None:
+                self.ingestor.thumbnails.delete(image_id)
             self.jobs.set_item(job_id, image_id, State.DONE)

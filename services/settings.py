@@ -101,6 +101,21 @@ class FetchSettings(BaseModel):
     user_agent: str = "Sightline/0.1 (+image ingest)"
 
 
+class WebSettings(BaseModel):
+    """The HTTP service."""
+
+    secret_key: SecretStr | None = Field(
+        default=None, description="Signs sessions; required unless fully embedded."
+    )
+    rate_limit: str = Field(default="600/minute", description="Per API key (flask-limiter syntax).")
+    rate_limit_storage: str | None = Field(
+        default=None, description="limits storage URI; defaults to the broker's Redis, else memory."
+    )
+    max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    max_files_per_upload: int = Field(default=256, ge=1)
+    metrics_public: bool = Field(default=True, description="Serve /metrics without a key.")
+
+
 class Settings(BaseSettings):
     """Everything Sightline can be told, validated at start-up."""
 
@@ -120,6 +135,7 @@ class Settings(BaseSettings):
     images: ImageLimits = Field(default_factory=ImageLimits)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     fetch: FetchSettings = Field(default_factory=FetchSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -140,6 +156,11 @@ class Settings(BaseSettings):
     def ingest_batch_size(self) -> int:
         """Events a worker buffers before processing them together."""
         return self.queue.batch_size or 4 * self.batch_size
+
+    @property
+    def embedded(self) -> bool:
+        """True when everything runs in one process (embedded index, no broker)."""
+        return self.index.backend is IndexBackend.EMBEDDED and not self.queue.broker_url
 
     @property
     def index_path(self) -> Path:

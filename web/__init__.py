@@ -1,1 +1,5 @@
-"""Flask service: JSON API and admin dashboard over ``services``."""
+"""Flask service: JSON API (``/api/v1``), health, metrics; importing it has no side effects."""
+
+from web.app import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,28 @@
+"""Gunicorn settings for the Sightline API: ``gunicorn -c infra/gunicorn.conf.py web.wsgi:app``.
+
+Sizing: each worker process loads the model once (ViT-B/32: ~600 MB RSS, ~35 ms per text
+query on 2 CPU cores, bound by reading the weights). Workers, not threads, give CPU
+parallelism for encoding, so run about one worker per 2 cores and a few threads each for
+I/O-bound requests (thumbnails, job status, uploads). ``preload_app`` stays off: torch
+threads and open index clients do not survive ``fork`` cleanly, and the per-worker model
+load happens once at start anyway.
+"""
+
+import multiprocessing
+import os
+
+bind = os.environ.get("SIGHTLINE_BIND", "0.0.0.0:8000")
+workers = int(os.environ.get("SIGHTLINE_WEB_WORKERS", max(1, multiprocessing.cpu_count() // 2)))
+threads = int(os.environ.get("SIGHTLINE_WEB_THREADS", 4))
+worker_class = "gthread"
+preload_app = False
+timeout = 60
+graceful_timeout = 30
+keepalive = 5
+max_requests = 2000  # recycle workers slowly to bound memory growth
+max_requests_jitter = 200
+accesslog = "-"
+errorlog = "-"
+# Trust X-Forwarded-Proto from the reverse proxy so HSTS is sent on TLS connections.
+forwarded_allow_ips = os.environ.get("SIGHTLINE_FORWARDED_ALLOW_IPS", "127.0.0.1")
+secure_scheme_headers = {"X-FORWARDED-PROTO": "https"}

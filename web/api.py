@@ -1,0 +1,319 @@
+"""``/api/v1``: thin handlers that validate, call a service, and serialise."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from flask import Blueprint, Response, current_app, request
+from flask.typing import ResponseReturnValue
+
+from services.apikeys import Scope
+from services.errors import InvalidImage, InvalidMetadata, NotFound
+from services.filters import parse_filters
+from services.ids import is_image_id
+from services.index.base import PayloadFilter
+from services.ingest import IngestItem
+from services.search import SearchHit
+from web import schemas as s
+from web.endpoint import Operation, current_key, endpoint
+from web.errors import ApiError
+from web.extension import Sightline
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+QUARANTINED = "quarantined"
+_MEDIA = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+}
+
+
+def ext() -> Sightline:
+    """This app's services."""
+    sightline: Sightline = current_app.extensions["sightline"]
+    return sightline
+
+
+def _visible(flt: PayloadFilter) -> PayloadFilter:
+    """Quarantined images are hidden from every key but admin ones."""
+    if current_key().allows(Scope.ADMIN):
+        return flt
+    return PayloadFilter(
+        equals=flt.equals,
+        any_of=flt.any_of,
+        ranges=flt.ranges,
+        not_equals={**flt.not_equals, "moderation_status": QUARANTINED},
+        exclude_ids=flt.exclude_ids,
+    )
+
+
+def _hits(hits: Sequence[SearchHit]) -> s.Hits:
+    return s.Hits(
+        results=[
+            s.Hit(rank=n, image_id=h.image_id, score=h.score, payload=h.payload)
+            for n, h in enumerate(hits, 1)
+        ]
+    )
+
+
+def _payload(image_id: str) -> dict[str, Any]:
+    """An image's payload, 404 if unknown or hidden from this key."""
+    if not is_image_id(image_id):
+        raise NotFound(f"not an image id: {image_id!r}")
+    search = ext().services.search
+    pid = search.resolve(image_id)
+    (record,) = search.index.retrieve(search.collection, [pid])
+    if record.payload.get("moderation_status") == QUARANTINED and not current_key().allows(
+        Scope.ADMIN
+    ):
+        raise NotFound(f"no image with id {image_id!r}")
+    return record.payload
+
+
+def _json_field(name: str) -> Any:
+    raw = request.form.get(name)
+    if raw is None or raw == "":
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ApiError(
+            422,
+            "validation_error",
+            f"{name}: not valid JSON ({e.msg})",
+            fields=[{"field": name, "message": "not valid JSON"}],
+        ) from e
+    if not isinstance(value, dict):
+        raise ApiError(
+            422,
+            "validation_error",
+            f"{name}: must be a JSON object",
+            fields=[{"field": name, "message": "must be a JSON object"}],
+        )
+    return value
+
+
+@bp.post("/images")
+@endpoint(
+    Operation(
+        "Upload images with metadata; each valid image is stored and queued",
+        Scope.INGEST,
+        s.UploadReceipt,
+        202,
+        form={
+            "files": "image files (repeat the field)",
+            "metadata": "JSON object applied to every file",
+            "per_file": "JSON object: filename -> metadata for that file",
+        },
+        errors=(401, 403, 413, 415, 422, 429),
+    )
+)
+def upload() -> s.UploadReceipt:
+    files = request.files.getlist("files")
+    if not files:
+        raise ApiError(
+            422,
+            "validation_error",
+            "files: at least one file is required",
+            fields=[{"field": "files", "message": "required"}],
+        )
+    limit = ext().settings.web.max_files_per_upload
+    if len(files) > limit:
+        raise ApiError(
+            422,
+            "validation_error",
+            f"files: at most {limit} per request",
+            fields=[{"field": "files", "message": f"at most {limit}"}],
+        )
+    shared, per_file = _json_field("metadata"), _json_field("per_file")
+    items = [
+        IngestItem(f.read(), f.filename, {**shared, **(per_file.get(f.filename or "") or {})})
+        for f in files
+    ]
+    receipt = ext().uploads.upload(items)
+    assert receipt.job_id is not None  # upload() raises when nothing was accepted
+    return s.UploadReceipt(
+        job_id=receipt.job_id,
+        accepted=[s.Accepted(**a) for a in receipt.accepted],
+        refused=[s.Refused(**r) for r in receipt.refused],
+    )
+
+
+@bp.post("/images/urls")
+@endpoint(
+    Operation(
+        "Ingest images by URL (downloaded by workers)",
+        Scope.INGEST,
+        s.JobRef,
+        202,
+        body=s.UrlsBody,
+        errors=(401, 403, 422, 429),
+    )
+)
+def ingest_urls(body: s.UrlsBody) -> s.JobRef:
+    return s.JobRef(job_id=ext().uploads.ingest_urls(body.urls, body.metadata))
+
+
+@bp.get("/jobs/<job_id>")
+@endpoint(
+    Operation(
+        "A job's state, counts and failed items", Scope.INGEST, s.JobStatus, errors=(401, 403, 404)
+    )
+)
+def job_status(job_id: str) -> s.JobStatus:
+    uploads = ext().uploads
+    return s.JobStatus(
+        **uploads.job(job_id).as_dict(),
+        failed_items=[s.FailedItem(**f) for f in uploads.failed_items(job_id)],
+    )
+
+
+@bp.post("/jobs/<job_id>/retry")
+@endpoint(
+    Operation("Re-queue a job's failed items", Scope.INGEST, s.JobRef, 202, errors=(401, 403, 404))
+)
+def job_retry(job_id: str) -> s.JobRef:
+    ext().uploads.job(job_id)  # 404 for unknown jobs
+    ext().uploads.retry_failed(job_id)
+    return s.JobRef(job_id=job_id)
+
+
+@bp.get("/images/<image_id>")
+@endpoint(
+    Operation(
+        "An image's metadata, tags and moderation state",
+        Scope.SEARCH,
+        s.ImageInfo,
+        errors=(401, 403, 404),
+    )
+)
+def image_info(image_id: str) -> s.ImageInfo:
+    return s.ImageInfo(image_id=image_id, payload=_payload(image_id))
+
+
+@bp.get("/images/<image_id>/file")
+@endpoint(Operation("The stored original", Scope.SEARCH, binary="image/*", errors=(401, 403, 404)))
+def image_file(image_id: str) -> ResponseReturnValue:
+    payload = _payload(image_id)
+    data = ext().services.store.get(image_id)
+    media = _MEDIA.get(str(payload.get("format")), "application/octet-stream")
+    return Response(data, mimetype=media, headers={"Cache-Control": "private, max-age=86400"})
+
+
+@bp.get("/images/<image_id>/thumbnail")
+@endpoint(
+    Operation(
+        "A JPEG thumbnail (?size=64|128|256|512)",
+        Scope.SEARCH,
+        binary="image/jpeg",
+        errors=(401, 403, 404),
+    )
+)
+def image_thumbnail(image_id: str) -> ResponseReturnValue:
+    _payload(image_id)
+    size = request.args.get("size", "256")
+    if not size.isdigit():
+        raise ApiError(
+            422,
+            "validation_error",
+            "size: must be an integer",
+            fields=[{"field": "size", "message": "must be an integer"}],
+        )
+    data = ext().services.thumbnails.get(image_id, int(size))
+    return Response(
+        data, mimetype="image/jpeg", headers={"Cache-Control": "private, max-age=86400"}
+    )
+
+
+@bp.delete("/images/<image_id>")
+@endpoint(
+    Operation(
+        "Delete an image from the index and the store",
+        Scope.INGEST,
+        s.JobRef,
+        202,
+        errors=(401, 403, 404),
+    )
+)
+def image_delete(image_id: str) -> s.JobRef:
+    return s.JobRef(job_id=ext().uploads.delete([image_id]))
+
+
+@bp.get("/search")
+@endpoint(
+    Operation(
+        "Text to images", Scope.SEARCH, s.Hits, query=s.SearchQuery, errors=(401, 403, 422, 429)
+    )
+)
+def search_text(query: s.SearchQuery) -> s.Hits:
+    flt = _visible(parse_filters(query.where))
+    return _hits(ext().services.search.text(query.q, query.k, flt, query.one_per))
+
+
+@bp.post("/search/image")
+@endpoint(
+    Operation(
+        "Images similar to an uploaded query image (not stored)",
+        Scope.SEARCH,
+        s.Hits,
+        query=s.SimilarQuery,
+        form={"file": "the query image"},
+        errors=(401, 403, 413, 415, 422, 429),
+    )
+)
+def search_image(query: s.SimilarQuery) -> s.Hits:
+    upload = request.files.get("file")
+    if upload is None:
+        raise ApiError(
+            422,
+            "validation_error",
+            "file: an image file is required",
+            fields=[{"field": "file", "message": "required"}],
+        )
+    flt = _visible(parse_filters(query.where))
+    return _hits(ext().services.search.by_image(upload.read(), query.k, flt, query.one_per))
+
+
+@bp.get("/images/<image_id>/similar")
+@endpoint(
+    Operation(
+        "Images most like a stored one (itself excluded)",
+        Scope.SEARCH,
+        s.Hits,
+        query=s.SimilarQuery,
+        errors=(401, 403, 404, 422, 429),
+    )
+)
+def similar(image_id: str, query: s.SimilarQuery) -> s.Hits:
+    _payload(image_id)
+    flt = _visible(parse_filters(query.where))
+    return _hits(ext().services.search.similar(image_id, query.k, flt, query.one_per))
+
+
+@bp.post("/recommend")
+@endpoint(
+    Operation(
+        "Images like the positives and unlike the negatives",
+        Scope.SEARCH,
+        s.Hits,
+        body=s.RecommendBody,
+        errors=(401, 403, 404, 422, 429),
+    )
+)
+def recommend(body: s.RecommendBody) -> s.Hits:
+    for ref in [*body.positive, *body.negative]:
+        _payload(ref)
+    flt = _visible(parse_filters(body.where))
+    try:
+        hits = ext().services.search.recommend(
+            body.positive, body.negative, body.k, flt, body.one_per
+        )
+    except InvalidImage as e:
+        raise InvalidMetadata(str(e)) from e
+    return _hits(hits)

@@ -1,0 +1,124 @@
+"""The Flask application factory: the one place that builds clients and loads the model."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Callable
+
+from flask import Flask, Response, request
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+
+from services.apikeys import KeyStore, RedisKeyStore, SqliteKeyStore
+from services.errors import ConfigError
+from services.settings import Settings, load_settings
+from web import api, health
+from web.errors import register_error_handlers
+from web.extension import Sightline
+from web.metrics import Metrics
+from workers.runtime import Runtime, build_runtime
+
+CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    "object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'"
+)
+
+
+def build_keys(settings: Settings) -> KeyStore:
+    """Redis when there is a broker (shared by every process), else a SQLite file."""
+    if settings.queue.broker_url:
+        import redis
+
+        return RedisKeyStore(redis.Redis.from_url(settings.queue.broker_url))
+    return SqliteKeyStore(settings.data_dir / "auth.sqlite")
+
+
+def _rate_key() -> str:
+    """Limits apply per API key; requests without one share their client address's bucket."""
+    header = request.headers.get("Authorization", "") or request.headers.get("X-API-Key", "")
+    if header:
+        return "key:" + hashlib.sha256(header.encode()).hexdigest()[:32]
+    return "addr:" + get_remote_address()
+
+
+def _security_headers(response: Response) -> Response:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    if request.is_secure:
+        response.headers.setdefault(
+            "Strict-Transport-Security", "max-age=63072000; includeSubDomains"
+        )
+    return response
+
+
+def create_app(
+    settings: Settings | None = None,
+    runtime: Runtime | None = None,
+    keys: KeyStore | None = None,
+) -> Flask:
+    """Build the app: validate settings, load the model, open the index, wire the routes.
+
+    Raises:
+        ConfigError: no secret key outside the fully embedded single-process mode.
+    """
+    settings = settings or load_settings()
+    secret = settings.web.secret_key.get_secret_value() if settings.web.secret_key else None
+    if secret is None and not settings.embedded:
+        raise ConfigError(
+            "SIGHTLINE_WEB__SECRET_KEY is required when a Qdrant server or a broker is "
+            "configured (several processes must share it)"
+        )
+    runtime = runtime or build_runtime(settings)
+    runtime.services.open()
+
+    app = Flask("sightline")
+    app.config.update(
+        SECRET_KEY=secret or secrets.token_hex(32),  # embedded demo: per-process key
+        MAX_CONTENT_LENGTH=settings.web.max_request_bytes,
+        JSON_SORT_KEYS=False,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+    )
+    metrics = Metrics()
+    metrics.install(app)
+    runtime.services.encoder.observer = metrics.observe_embedding
+    services = runtime.services
+    metrics.gauge(
+        metrics.index_size,
+        services.collections.images,
+        lambda: float(services.index.count(services.collections.images)),
+    )
+    if settings.queue.broker_url:
+        from workers.celery_app import INGEST_QUEUE, JOBS_QUEUE
+
+        redis_client = runtime.jobs.r  # type: ignore[attr-defined]
+
+        def depth(queue: str) -> Callable[[], float]:
+            return lambda: float(redis_client.llen(queue))
+
+        for queue in (INGEST_QUEUE, JOBS_QUEUE):
+            metrics.gauge(metrics.queue_depth, queue, depth(queue))
+
+    storage = settings.web.rate_limit_storage or settings.queue.broker_url or "memory://"
+    limiter = Limiter(
+        _rate_key,
+        app=app,
+        default_limits=[settings.web.rate_limit],
+        storage_uri=storage,
+        headers_enabled=True,
+        strategy="moving-window",
+    )
+    limiter.exempt(health.bp)
+
+    app.extensions["sightline"] = Sightline(
+        settings=settings, runtime=runtime, keys=keys or build_keys(settings), metrics=metrics
+    )
+    register_error_handlers(app)
+    app.after_request(_security_headers)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(health.bp)
+    return app
