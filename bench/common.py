@@ -23,6 +23,9 @@ def build_model(kind: str) -> Path:
         return path
     if kind == "tiny":
         return build_tiny_clip(path)
+    if kind == "tiny512":
+        # Cheap towers, but 512-d vectors like ViT-B/32: index cost at production dimension.
+        return build_tiny_clip(path, projection_dim=512)
     if kind == "vitb32":
         # ViT-B/32's vision tower (768 wide, 12 layers, 32px patches, 224px input, 512-d
         # projection): the same compute as sentence-transformers/clip-ViT-B-32.
@@ -61,6 +64,27 @@ def product_photos(n: int, seed: int = 0, size: tuple[int, int] = (640, 480)) ->
         img.save(buf, format="JPEG", quality=88)
         out.append(buf.getvalue())
     return out
+
+
+def clustered_vectors(n: int, dim: int, clusters: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors around cluster centres with varied spread, like real embeddings.
+
+    Uniform random vectors are HNSW's worst case and nothing like CLIP embeddings, which
+    concentrate around concepts (see NOTES: recall 0.12 on uniform data).
+    """
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    labels = rng.integers(0, clusters, n)
+    spread = rng.uniform(0.6, 1.2, clusters)[labels][:, None]
+    vectors = centres[labels] + spread * rng.normal(size=(n, dim)) / np.sqrt(dim)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors.astype(np.float32)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) of the values."""
+    return float(np.percentile(np.asarray(values), q))
 
 
 def timed(fn: Callable[[], object], repeat: int = 1) -> float:

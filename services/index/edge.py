@@ -24,6 +24,8 @@ import qdrant_edge as qe
 from services.encoder import ModelIdentity
 from services.errors import IndexUnavailable, NotFound
 from services.index.base import (
+    HNSW_EF_CONSTRUCT,
+    HNSW_M,
     Hit,
     PayloadFilter,
     PointData,
@@ -78,7 +80,7 @@ def _record(r: Any, with_vectors: bool) -> Record:
 class EdgeIndex(VectorIndex):
     """Collections as Qdrant Edge shards under one directory."""
 
-    def __init__(self, root: Path, hnsw_ef: int = 128) -> None:
+    def __init__(self, root: Path, hnsw_ef: int = 512) -> None:
         self.root = Path(root)
         self.hnsw_ef = hnsw_ef
         self._shards: dict[str, qe.EdgeShard] = {}
@@ -123,7 +125,10 @@ class EdgeIndex(VectorIndex):
             directory = self._dir(name)
             directory.mkdir(parents=True, exist_ok=True)
             config = qe.EdgeConfig(
-                vectors={"": qe.EdgeVectorParams(size=identity.size, distance=qe.Distance.Cosine)}
+                vectors={"": qe.EdgeVectorParams(size=identity.size, distance=qe.Distance.Cosine)},
+                hnsw_config=qe.HnswIndexConfig(
+                    m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=10_000
+                ),
             )
             try:
                 shard = qe.EdgeShard.create(str(directory / "shard"), config)
@@ -254,6 +259,14 @@ class EdgeIndex(VectorIndex):
             )
         )
         return self._ranked(name, query, k, flt, group_by)
+
+    def index_keyword(self, name: str, field: str) -> None:
+        with self._lock:
+            shard = self._open(name)
+            if field in shard.info().payload_schema:
+                return
+            shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
+            shard.flush()
 
     def active_prefix(self) -> str | None:
         pointer = self.root / _ACTIVE_FILE

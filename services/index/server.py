@@ -16,6 +16,8 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from services.encoder import ModelIdentity
 from services.errors import IndexUnavailable, NotFound
 from services.index.base import (
+    HNSW_EF_CONSTRUCT,
+    HNSW_M,
     Hit,
     PayloadFilter,
     PointData,
@@ -70,7 +72,7 @@ def _hits(points: Sequence[Any]) -> list[Hit]:
 class ServerIndex(VectorIndex):
     """Collections on a Qdrant server, through an injected ``QdrantClient``."""
 
-    def __init__(self, client: QdrantClient, hnsw_ef: int = 128) -> None:
+    def __init__(self, client: QdrantClient, hnsw_ef: int = 512) -> None:
         self.client = client
         self.hnsw_ef = hnsw_ef
 
@@ -107,6 +109,7 @@ class ServerIndex(VectorIndex):
             self.client.create_collection,
             name,
             vectors_config=models.VectorParams(size=identity.size, distance=models.Distance.COSINE),
+            hnsw_config=models.HnswConfigDiff(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT),
             metadata=identity.as_dict(),
         )
 
@@ -247,6 +250,19 @@ class ServerIndex(VectorIndex):
             )
         )
         return self._ranked(name, query, k, flt, group_by)
+
+    def index_keyword(self, name: str, field: str) -> None:
+        info = self._call("get_collection", self.client.get_collection, name)
+        if field in (info.payload_schema or {}):
+            return
+        self._call(
+            "create_payload_index",
+            self.client.create_payload_index,
+            name,
+            field_name=field,
+            field_schema=models.PayloadSchemaType.KEYWORD,
+            wait=True,
+        )
 
     def active_prefix(self) -> str | None:
         response = self._call("get_aliases", self.client.get_aliases)
