@@ -104,9 +104,13 @@ class KeyStore(abc.ABC):
     @abc.abstractmethod
     def _load(self, key_id: str) -> tuple[ApiKey, str] | None: ...
 
-    @abc.abstractmethod
     def revoke(self, key_id: str) -> None:
         """Revoke a key (kept for the record); NotFound if unknown."""
+        found = self._load(key_id)
+        if found is None:
+            raise NotFound(f"no API key {key_id!r}")
+        key, digest = found
+        self._save(ApiKey(key.id, key.name, key.scopes, key.created_at, True), digest)
 
     @abc.abstractmethod
     def list(self) -> list[ApiKey]:
@@ -150,13 +154,6 @@ class SqliteKeyStore(KeyStore):
             ).fetchone()
         return (_key_from(json.loads(row[0])), row[1]) if row else None
 
-    def revoke(self, key_id: str) -> None:
-        found = self._load(key_id)
-        if found is None:
-            raise NotFound(f"no API key {key_id!r}")
-        key, digest = found
-        self._save(ApiKey(key.id, key.name, key.scopes, key.created_at, True), digest)
-
     def list(self) -> list[ApiKey]:
         with self._lock:
             rows = self._db.execute("SELECT record FROM api_keys ORDER BY id").fetchall()
@@ -185,13 +182,6 @@ class RedisKeyStore(KeyStore):
             for k, v in raw.items()
         }
         return _key_from(json.loads(data["record"])), data["digest"]
-
-    def revoke(self, key_id: str) -> None:
-        found = self._load(key_id)
-        if found is None:
-            raise NotFound(f"no API key {key_id!r}")
-        key, digest = found
-        self._save(ApiKey(key.id, key.name, key.scopes, key.created_at, True), digest)
 
     def list(self) -> list[ApiKey]:
         keys = []

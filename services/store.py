@@ -16,6 +16,22 @@ from services.errors import NotFound
 from services.ids import is_image_id, sha256_hex
 
 
+def atomic_write(target: Path, data: bytes) -> None:
+    """Write a file so readers see all of it or none of it (temp file, fsync, rename)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 class ImageStore:
     """Stores original image bytes by their sha256."""
 
@@ -34,18 +50,7 @@ class ImageStore:
         target = self.path_for(image_id)
         if target.exists():
             return image_id
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        atomic_write(target, data)
         return image_id
 
     def get(self, image_id: str) -> bytes:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image
@@ -14,7 +12,7 @@ from services.errors import NotFound
 from services.ids import is_image_id
 from services.images import decode_image
 from services.settings import ImageLimits
-from services.store import ImageStore
+from services.store import ImageStore, atomic_write
 
 DEFAULT_SIZE = 256
 ALLOWED_SIZES = (64, 128, 256, 512)
@@ -43,16 +41,7 @@ class ThumbnailStore:
         thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         thumb.convert("RGB").save(buf, format="JPEG", quality=85, optimize=True)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(buf.getvalue())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        atomic_write(target, buf.getvalue())
         return target
 
     def get(self, image_id: str, size: int = DEFAULT_SIZE) -> bytes:
