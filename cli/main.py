@@ -345,6 +345,65 @@ def serve(
     run_simple(host, port, flask_app, threaded=True, use_reloader=False)
 
 
+@app.command()
+def demo(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    products: Annotated[int, typer.Option(min=1, help="Products in the sample catalog.")] = 500,
+    serve_: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Start the web service.")
+    ] = True,
+) -> None:
+    """Offline demo: a generated catalog, indexed with the bundled demo model, served on HTTP.
+
+    Uses the small CLIP this project trains on synthetic products (a demo and test asset,
+    not a production model). Data goes to SIGHTLINE_DATA_DIR (default data/demo).
+    """
+    import os
+
+    from demo.catalog import DEMO_MODEL, catalog_items
+    from services.apikeys import Scope
+    from web.app import build_keys, create_app
+    from workers.runtime import build_runtime
+
+    data_dir = os.environ.get("SIGHTLINE_DATA_DIR", "data/demo")
+    settings = load_settings(data_dir=data_dir, model=str(DEMO_MODEL))
+    typer.echo(
+        f"DEMO MODEL in use: {DEMO_MODEL.name} (trained here on synthetic products; not a production model)"
+    )
+    runtime = build_runtime(settings)
+    services = runtime.services
+    services.open()
+    items = list(catalog_items(products))
+    with tqdm(total=len(items), unit="img", desc="indexing demo catalog", file=sys.stderr) as bar:
+        report = services.ingestor.ingest(items, on_result=lambda _: bar.update(1))
+    summary = report.summary()
+    typer.echo(
+        f"catalog: {products} products, {len(items)} photos "
+        f"(indexed {summary['indexed']}, already there {summary['skipped']}, failed {summary['failed']})"
+    )
+    _, token = build_keys(settings).create("demo-admin", [Scope.ADMIN])
+    base = f"http://{host}:{port}"
+    typer.echo(
+        f"""
+Try (API key for this demo: {token}):
+  export TOKEN={token}
+  curl -s -H "Authorization: Bearer $TOKEN" "{base}/api/v1/search?q=red+striped+dress&k=5"
+  curl -s -H "Authorization: Bearer $TOKEN" "{base}/api/v1/search?q=dress&where=price<40&one_per=product_id"
+  curl -s -H "Authorization: Bearer $TOKEN" "{base}/api/v1/images/<image_id>/similar?k=5"
+  open {base}/api/v1/openapi.json for every endpoint; Ctrl-C stops the server.
+"""
+    )
+    if not serve_:
+        runtime.close()
+        return
+    from werkzeug.serving import run_simple
+
+    flask_app = create_app(settings, runtime=runtime)
+    typer.echo(f"Sightline demo on {base}")
+    run_simple(host, port, flask_app, threaded=True, use_reloader=False)
+
+
 def main() -> None:
     """Entry point: domain errors become a one-line message and exit status 2."""
     try:
