@@ -122,12 +122,12 @@ def _background(rng: random.Random, size: int, avoid: tuple[int, int, int]) -> I
         base = tuple(rng.randint(60, 230) for _ in range(3))
         if sum(abs(a - b) for a, b in zip(base, avoid, strict=True)) > 160:
             break
-    img = Image.new("RGB", (size, size), base)  # type: ignore[arg-type]
+    img = Image.new("RGB", (size, size), base)
     draw = ImageDraw.Draw(img)
     for _ in range(rng.randint(0, 3)):  # soft blotches, like a studio backdrop
         x, y, r = rng.randint(0, size), rng.randint(0, size), rng.randint(size // 6, size // 2)
         shade = tuple(max(0, min(255, c + rng.randint(-25, 25))) for c in base)
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=shade)  # type: ignore[arg-type]
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=shade)
     return img.filter(ImageFilter.GaussianBlur(size / 24))
 
 

@@ -30,4 +30,4 @@ def build_tokenizer(words: list[str]) -> CLIPTokenizer:
             vocab.setdefault(current, len(vocab))
     vocab.setdefault("<|startoftext|>", len(vocab))
     vocab.setdefault("<|endoftext|>", len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=24)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=24)  # type: ignore[arg-type]
