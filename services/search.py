@@ -10,7 +10,7 @@ from services.encoder import Encoder
 from services.errors import InvalidImage, NotFound
 from services.ids import is_image_id, point_id
 from services.images import decode_image
-from services.index.base import Hit, PayloadFilter, VectorIndex
+from services.index.base import Hit, PayloadFilter, Record, VectorIndex
 from services.settings import ImageLimits
 
 MAX_K = 1000
@@ -45,8 +45,8 @@ class SearchService:
         if not 1 <= k <= MAX_K:
             raise ValueError(f"k must be between 1 and {MAX_K}, got {k}")
 
-    def resolve(self, ref: str) -> str:
-        """Point id for an image id (sha256) or a point id (UUID), checking it exists.
+    def record(self, ref: str, with_vector: bool = False) -> Record:
+        """The stored point for an image id (sha256) or a point id (UUID), in one read.
 
         Raises:
             NotFound: no such image in the index.
@@ -54,17 +54,20 @@ class SearchService:
         ref = ref.strip().lower()
         pid = point_id(ref) if is_image_id(ref) else ref
         try:
-            records = self.index.retrieve(self.collection, [pid], with_vectors=True)
+            records = self.index.retrieve(self.collection, [pid], with_vectors=with_vector)
         except ValueError as e:  # not a UUID either
             raise NotFound(f"no image with id {ref!r}") from e
         if not records:
             raise NotFound(f"no image with id {ref!r}")
-        return pid
+        return records[0]
+
+    def resolve(self, ref: str) -> str:
+        """Point id for an image reference, checking it exists."""
+        return self.record(ref).id
 
     def _vector_of(self, ref: str) -> tuple[str, Any]:
-        pid = self.resolve(ref)
-        record = self.index.retrieve(self.collection, [pid], with_vectors=True)[0]
-        return pid, record.vector
+        record = self.record(ref, with_vector=True)
+        return record.id, record.vector
 
     def text(
         self,

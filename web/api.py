@@ -66,9 +66,7 @@ def _payload(image_id: str) -> dict[str, Any]:
     """An image's payload, 404 if unknown or hidden from this key."""
     if not is_image_id(image_id):
         raise NotFound(f"not an image id: {image_id!r}")
-    search = ext().services.search
-    pid = search.resolve(image_id)
-    (record,) = search.index.retrieve(search.collection, [pid])
+    record = ext().services.search.record(image_id)
     if record.payload.get("moderation_status") == QUARANTINED and not current_key().allows(
         Scope.ADMIN
     ):
