@@ -18,7 +18,7 @@ from services.ingest import IngestItem
 from services.search import SearchHit
 from web import schemas as s
 from web.endpoint import Operation, current_key, endpoint
-from web.errors import ApiError
+from web.errors import field_error
 from web.extension import Sightline
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -81,19 +81,9 @@ def _json_field(name: str) -> Any:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as e:
-        raise ApiError(
-            422,
-            "validation_error",
-            f"{name}: not valid JSON ({e.msg})",
-            fields=[{"field": name, "message": "not valid JSON"}],
-        ) from e
+        raise field_error(name, f"not valid JSON ({e.msg})") from e
     if not isinstance(value, dict):
-        raise ApiError(
-            422,
-            "validation_error",
-            f"{name}: must be a JSON object",
-            fields=[{"field": name, "message": "must be a JSON object"}],
-        )
+        raise field_error(name, "must be a JSON object")
     return value
 
 
@@ -115,20 +105,10 @@ def _json_field(name: str) -> Any:
 def upload() -> s.UploadReceipt:
     files = request.files.getlist("files")
     if not files:
-        raise ApiError(
-            422,
-            "validation_error",
-            "files: at least one file is required",
-            fields=[{"field": "files", "message": "required"}],
-        )
+        raise field_error("files", "at least one file is required")
     limit = ext().settings.web.max_files_per_upload
     if len(files) > limit:
-        raise ApiError(
-            422,
-            "validation_error",
-            f"files: at most {limit} per request",
-            fields=[{"field": "files", "message": f"at most {limit}"}],
-        )
+        raise field_error("files", f"at most {limit} per request")
     shared, per_file = _json_field("metadata"), _json_field("per_file")
     items = [
         IngestItem(f.read(), f.filename, {**shared, **(per_file.get(f.filename or "") or {})})
@@ -217,12 +197,7 @@ def image_thumbnail(image_id: str) -> ResponseReturnValue:
     _payload(image_id)
     size = request.args.get("size", "256")
     if not size.isdigit():
-        raise ApiError(
-            422,
-            "validation_error",
-            "size: must be an integer",
-            fields=[{"field": "size", "message": "must be an integer"}],
-        )
+        raise field_error("size", "must be an integer")
     data = ext().services.thumbnails.get(image_id, int(size))
     return Response(
         data, mimetype="image/jpeg", headers={"Cache-Control": "private, max-age=86400"}
@@ -268,12 +243,7 @@ def search_text(query: s.SearchQuery) -> s.Hits:
 def search_image(query: s.SimilarQuery) -> s.Hits:
     upload = request.files.get("file")
     if upload is None:
-        raise ApiError(
-            422,
-            "validation_error",
-            "file: an image file is required",
-            fields=[{"field": "file", "message": "required"}],
-        )
+        raise field_error("file", "an image file is required")
     flt = _visible(parse_filters(query.where))
     return _hits(ext().services.search.by_image(upload.read(), query.k, flt, query.one_per))
 

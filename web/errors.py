@@ -48,6 +48,16 @@ def error_response(status: int, code: str, message: str, **extra: Any) -> Respon
     return jsonify({"error": {"code": code, "message": message, **extra}}), status
 
 
+def field_error(field: str, message: str) -> ApiError:
+    """422 for one named field, in the same shape as schema validation errors."""
+    return ApiError(
+        422,
+        "validation_error",
+        f"{field}: {message}",
+        fields=[{"field": field, "message": message}],
+    )
+
+
 def validation_error(err: ValidationError) -> ApiError:
     """422 naming each offending field."""
     fields = [
