@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from tqdm import tqdm
 
+from cli import tagging
 from cli.metadata import load_metadata, metadata_for
 from cli.output import emit_json, hits_as_dicts, print_hits
 from services.container import Services, build_services
@@ -279,6 +280,47 @@ def reconcile(as_json: JsonOpt = False) -> None:
         )
 
 
+app.add_typer(tagging.taxonomy_app, name="taxonomy")
+app.command("tag")(tagging.tag)
+app.command("retag")(tagging.retag)
+app.command("eval")(tagging.evaluate)
+
+admin_app = typer.Typer(help="Dashboard accounts: create, list.", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
+
+
+@admin_app.command("create")
+def admin_create(
+    username: Annotated[str, typer.Argument(help="Login name.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+) -> None:
+    """Create (or reset the password of) a dashboard admin account."""
+    from services.accounts import InvalidAccount
+    from web.app import build_accounts
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        account = build_accounts(load_settings()).create(username, password)
+    except InvalidAccount as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(f"admin account {account.username!r} ready; log in at /admin")
+
+
+@admin_app.command("list")
+def admin_list() -> None:
+    """Dashboard account names."""
+    from web.app import build_accounts
+
+    for name in build_accounts(load_settings()).usernames():
+        typer.echo(name)
+
+
 keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
@@ -360,10 +402,12 @@ def demo(
     not a production model). Data goes to SIGHTLINE_DATA_DIR (default data/demo).
     """
     import os
+    import secrets
 
-    from demo.catalog import DEMO_MODEL, catalog_items
+    from demo.catalog import DEMO_MODEL, catalog_items, flagged_copies, flagged_examples
+    from demo.taxonomy import demo_taxonomy
     from services.apikeys import Scope
-    from web.app import build_keys, create_app
+    from web.app import build_accounts, build_keys, create_app
     from workers.runtime import build_runtime
 
     data_dir = os.environ.get("SIGHTLINE_DATA_DIR", "data/demo")
@@ -374,23 +418,41 @@ def demo(
     runtime = build_runtime(settings)
     services = runtime.services
     services.open()
-    items = list(catalog_items(products))
+    taxonomy = demo_taxonomy()
+    if services.labels.store.get() != taxonomy:
+        services.replace_taxonomy(taxonomy)
+        if services.index.count(services.collections.images):
+            runtime.uploads.retag(taxonomy.version)  # an older demo catalog, re-tagged
+    if not services.flagged.entries():
+        for data, category, note in flagged_examples():
+            # The demo model puts any two photos of its small world close together, so its
+            # entries carry a stricter threshold than the real-CLIP default (bench/moderation.py).
+            services.flagged.add_image(data, category, "demo", threshold=0.99, note=note)
+    items = [*catalog_items(products), *flagged_copies()]
     with tqdm(total=len(items), unit="img", desc="indexing demo catalog", file=sys.stderr) as bar:
         report = services.ingestor.ingest(items, on_result=lambda _: bar.update(1))
     summary = report.summary()
     typer.echo(
         f"catalog: {products} products, {len(items)} photos "
-        f"(indexed {summary['indexed']}, already there {summary['skipped']}, failed {summary['failed']})"
+        f"(indexed {summary['indexed']}, already there {summary['skipped']}, failed {summary['failed']}); "
+        f"{services.review.pending()} quarantined for review (copies of the demo flagged set)"
     )
     _, token = build_keys(settings).create("demo-admin", [Scope.ADMIN])
+    password = secrets.token_urlsafe(12)
+    build_accounts(settings).create("admin", password)
     base = f"http://{host}:{port}"
     typer.echo(
         f"""
+Dashboard: {base}/admin  (user admin, password {password})
 Try (API key for this demo: {token}):
   export TOKEN={token}
   curl -s -H "Authorization: Bearer $TOKEN" "{base}/api/v1/search?q=red+striped+dress&k=5"
   curl -s -H "Authorization: Bearer $TOKEN" "{base}/api/v1/search?q=dress&where=price<40&one_per=product_id"
   curl -s -H "Authorization: Bearer $TOKEN" "{base}/api/v1/images/<image_id>/similar?k=5"
+  curl -s -H "Authorization: Bearer $TOKEN" "{base}/api/v1/search?q=dress&colour=red&pattern=striped"
+  curl -s -H "Authorization: Bearer $TOKEN" -F file=@some-photo.jpg "{base}/api/v1/tag"
+  curl -s -H "Authorization: Bearer $TOKEN" "{base}/api/v1/taxonomy?format=yaml"
+  curl -s -H "Authorization: Bearer $TOKEN" "{base}/api/v1/moderation/queue"
   open {base}/api/v1/openapi.json for every endpoint; Ctrl-C stops the server.
 """
     )

@@ -5,7 +5,8 @@
 Prints zero-shot top-1 for category, colour and pattern over the 320 canonical prompts
 ("a photo of a red striped dress"), on seen and on held-out combinations, and the
 precision@10 of text search for a few queries over a generated 500-product catalog,
-through Sightline's own Encoder.
+through Sightline's own Encoder; then the auto-tags of the demo taxonomy on fresh images,
+and OCR fusion's effect on cards that only carry a category's name as text.
 """
 
 from __future__ import annotations
@@ -22,11 +23,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 
 from demo.catalog import DEMO_MODEL, catalog_items
-from demo.synth import Product, all_products, held_out, render
+from demo.synth import CATEGORIES, Product, all_products, held_out, render
+from demo.taxonomy import demo_taxonomy, text_card
 from services.encoder import Encoder
 from services.images import decode_image
 from services.ingest import IngestItem
+from services.labels import embed_taxonomy
+from services.ocr import RapidOcrReader
 from services.settings import ImageLimits
+from services.tagging import score_vectors
 
 QUERY_PRODUCTS = {
     "red striped dress": ("red", "striped", "dress"),
@@ -105,6 +110,56 @@ def precision_at_10(encoder: Encoder) -> dict[str, float]:
     return out
 
 
+def tagging(encoder: Encoder, n: int, seed: int) -> dict[str, float]:
+    """Share of auto-tags (demo taxonomy, production scoring) that name the true attribute."""
+    label_set = embed_taxonomy(encoder, demo_taxonomy())
+    hold = held_out()
+    rng = random.Random(seed)
+    out: dict[str, float] = {}
+    for split, pool in (
+        ("seen", [p for p in all_products() if p not in hold]),
+        ("held_out", sorted(hold, key=str)),
+    ):
+        truth = [rng.choice(pool) for _ in range(n)]
+        vectors = encoder.encode_images([render(p, seed + i) for i, p in enumerate(truth)])
+        results = score_vectors(encoder, vectors, label_set)
+        for d, attr in enumerate(("category", "colour", "pattern")):
+            out[f"tags {split}_{attr}"] = float(
+                np.mean(
+                    [
+                        r.dimensions[d].assigned == [getattr(t, attr)]
+                        for r, t in zip(results, truth, strict=True)
+                    ]
+                )
+            )
+    return out
+
+
+def ocr_effect(encoder: Encoder, per_class: int = 5, seed: int = 50_000_000) -> dict[str, float]:
+    """Category tags of cards that only carry the category's name, without and with OCR."""
+    cards = [
+        (c, text_card(c, seed + k * 100 + i))
+        for k in range(per_class)
+        for i, c in enumerate(CATEGORIES)
+    ]
+    vectors = encoder.encode_images([im for _, im in cards])
+    reader = RapidOcrReader()
+    texts = [
+        " ".join(t for t, conf in reader.read(im) if conf >= 0.5).lower() or None for _, im in cards
+    ]
+    out = {}
+    for ocr in (False, True):
+        results = score_vectors(
+            encoder, vectors, embed_taxonomy(encoder, demo_taxonomy(ocr)), texts
+        )
+        out[f"text cards category, OCR {'on' if ocr else 'off'}"] = float(
+            np.mean(
+                [r.dimensions[0].assigned == [c] for r, (c, _) in zip(results, cards, strict=True)]
+            )
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -114,7 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=30_000_000)
     args = parser.parse_args(argv)
     encoder = Encoder(str(args.model), batch_size=64)
-    results = {**zero_shot(encoder, args.n, args.seed), **precision_at_10(encoder)}
+    results = {
+        **zero_shot(encoder, args.n, args.seed),
+        **precision_at_10(encoder),
+        **tagging(encoder, args.n, args.seed + 1),
+        **ocr_effect(encoder),
+    }
     width = max(len(k) for k in results)
     print(f"demo model {args.model.name}, fresh images (seed {args.seed}), {args.n} per split")
     for key, value in results.items():

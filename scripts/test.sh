@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 
 need_packages=()
 command -v redis-server >/dev/null 2>&1 || need_packages+=(redis-server)
+# Browser tests drive Debian's Chromium through its chromedriver (no browser download).
+command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_packages+=(chromium-driver)
 if [ ${#need_packages[@]} -gt 0 ]; then
     echo "test: installing ${need_packages[*]} from Debian packages" >&2
     SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo "sudo")

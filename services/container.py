@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
+from services.audit import AuditLog, RedisAuditLog, SqliteAuditLog
 from services.encoder import Encoder
+from services.errors import IndexUnavailable
 from services.index.base import VectorIndex
 from services.ingest import Ingestor
+from services.labels import FileTaxonomyStore, LabelBank, RedisTaxonomyStore, TaxonomyStore
+from services.moderation import FlaggedSet
+from services.ocr import RapidOcrReader
+from services.review import ReviewService
 from services.search import SearchService
 from services.settings import IndexBackend, Settings
 from services.store import ImageStore
+from services.tagging import Tagger
+from services.taxonomy import Taxonomy
 from services.thumbnails import ThumbnailStore
 
+log = logging.getLogger(__name__)
 INDEXED_FIELDS = ("image_id", "moderation_status", "product_id")
 
 
@@ -50,6 +60,24 @@ def build_index(settings: Settings) -> VectorIndex:
     return EdgeIndex(settings.index_path, hnsw_ef=settings.index.hnsw_ef)
 
 
+def build_taxonomy_store(settings: Settings) -> TaxonomyStore:
+    """Redis when there is a broker (every process reads it), else a file beside the data."""
+    if settings.queue.broker_url:
+        import redis
+
+        return RedisTaxonomyStore(redis.Redis.from_url(settings.queue.broker_url))
+    return FileTaxonomyStore(settings.data_dir / "taxonomy.json")
+
+
+def build_audit_log(settings: Settings) -> AuditLog:
+    """Redis stream with a broker (shared by every process), else SQLite beside the data."""
+    if settings.queue.broker_url:
+        import redis
+
+        return RedisAuditLog(redis.Redis.from_url(settings.queue.broker_url))
+    return SqliteAuditLog(settings.data_dir / "audit.sqlite")
+
+
 def build_encoder(settings: Settings) -> Encoder:
     """The encoder for the configured model (not loaded yet)."""
     return Encoder(settings.model, device=settings.device, batch_size=settings.batch_size)
@@ -67,6 +95,11 @@ class Services:
     index: VectorIndex
     ingestor: Ingestor
     search: SearchService
+    labels: LabelBank
+    tagger: Tagger
+    flagged: FlaggedSet
+    review: ReviewService
+    audit: AuditLog
 
     def open(self) -> None:
         """Load the model and create or verify every collection against it.
@@ -81,6 +114,23 @@ class Services:
         # Fields every query filters or groups on: indexed so filtered HNSW search stays fast.
         for field in INDEXED_FIELDS:
             self.index.index_keyword(self.collections.images, field)
+        try:
+            dimensions = self.labels.dimension_names()
+        except IndexUnavailable as e:  # readiness reports the broker; serve what we can
+            log.warning("taxonomy not readable at start-up: %s", e)
+            dimensions = []
+        for name in dimensions:
+            self.index.index_keyword(self.collections.images, f"tags.{name}")
+
+    def replace_taxonomy(self, taxonomy: Taxonomy) -> str:
+        """Make a taxonomy current for every process; returns its version.
+
+        Existing images keep their old tags until a re-tag job rewrites them.
+        """
+        labels = self.labels.replace(taxonomy)
+        for dim in taxonomy.dimensions:
+            self.index.index_keyword(self.collections.images, f"tags.{dim.name}")
+        return labels.version
 
     def close(self) -> None:
         """Release the index."""
@@ -99,6 +149,17 @@ def build_services(
     collections = Collections.with_prefix(prefix)
     store = ImageStore(settings.images_path)
     thumbnails = ThumbnailStore(settings.data_dir / "thumbnails", store, settings.images)
+    labels = LabelBank(encoder, index, collections.labels, build_taxonomy_store(settings))
+    tagger = Tagger(encoder, labels, RapidOcrReader(), settings.images)
+    flagged = FlaggedSet(
+        encoder,
+        index,
+        collections.flagged,
+        settings.moderation,
+        settings.images,
+        ImageStore(settings.data_dir / "flagged"),
+    )
+    audit = build_audit_log(settings)
     return Services(
         settings=settings,
         collections=collections,
@@ -114,6 +175,14 @@ def build_services(
             collections.images,
             settings.batch_size,
             thumbnails=thumbnails,
+            tagger=tagger,
+            moderator=flagged,
+            audit=audit,
         ),
         search=SearchService(encoder, index, settings.images, collections.images),
+        labels=labels,
+        tagger=tagger,
+        flagged=flagged,
+        review=ReviewService(index, collections.images, store, thumbnails, flagged, audit),
+        audit=audit,
     )

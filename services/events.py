@@ -69,3 +69,9 @@ class Dispatcher(Protocol):
 
     def reembed(self, job_id: str, model: str, prefix: str, switch: bool) -> None:
         """Publish a re-embed of the catalog with another model."""
+
+    def retag(self, job_id: str) -> None:
+        """Publish a re-tag of the catalog with the current taxonomy."""
+
+    def scan_flagged(self, job_id: str, entry_ids: Sequence[str] | None) -> None:
+        """Publish a retroactive moderation scan of the catalog."""

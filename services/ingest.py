@@ -13,13 +13,16 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from services.audit import AuditLog
 from services.encoder import Encoder
 from services.errors import InvalidImage, InvalidMetadata
 from services.ids import point_id
 from services.images import DecodedImage, decode_image
 from services.index.base import PointData, VectorIndex
+from services.moderation import FlaggedSet, audit_quarantines
 from services.settings import ImageLimits
 from services.store import ImageStore
+from services.tagging import Tagger
 from services.thumbnails import ThumbnailStore
 
 # Payload keys the system writes; user metadata may not overwrite them.
@@ -33,7 +36,11 @@ RESERVED_KEYS = frozenset(
         "bytes",
         "ingested_at",
         "tags",
+        "tag_scores",
+        "taxonomy_version",
         "moderation",
+        "moderation_status",
+        "phash",
     }
 )
 _VALIDATION_SIDE = 8
@@ -129,8 +136,14 @@ class Ingestor:
         collection: str,
         batch_size: int = 32,
         thumbnails: ThumbnailStore | None = None,
+        tagger: Tagger | None = None,
+        moderator: FlaggedSet | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
+        self.moderator = moderator
+        self.audit = audit
         self.thumbnails = thumbnails
+        self.tagger = tagger
         self.store = store
         self.encoder = encoder
         self.index = index
@@ -231,9 +244,22 @@ class Ingestor:
             results.append(ItemResult(p.item.filename, Outcome.UPDATED, p.decoded.image_id))
         if new:
             vectors = self.encoder.encode_images([p.decoded.image for p in new])
+            tags = (
+                self.tagger.tag(vectors, [p.item.data for p in new])
+                if self.tagger is not None
+                else None
+            )
+            verdicts = (
+                self.moderator.check_images([p.decoded.image for p in new], vectors)
+                if self.moderator is not None
+                else None
+            )
             now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
             points = []
-            for p, vector in zip(new, vectors, strict=True):
+            for n, (p, vector) in enumerate(zip(new, vectors, strict=True)):
+                extra = tags[n].payload() if tags is not None else {}
+                if verdicts is not None:
+                    extra.update(verdicts[n].payload())
                 self.store.put(p.item.data)
                 if self.thumbnails is not None:
                     self.thumbnails.make(p.decoded.image_id, p.decoded.image)
@@ -241,10 +267,14 @@ class Ingestor:
                     PointData(
                         id=point_id(p.decoded.image_id),
                         vector=vector,
-                        payload={**p.payload, "ingested_at": now},
+                        payload={**p.payload, **extra, "ingested_at": now},
                     )
                 )
             self.index.upsert(self.collection, points)
+            if verdicts is not None and self.audit is not None:
+                audit_quarantines(
+                    self.audit, "system:ingest", [p.decoded.image_id for p in new], verdicts
+                )
             results.extend(
                 ItemResult(p.item.filename, Outcome.INDEXED, p.decoded.image_id) for p in new
             )

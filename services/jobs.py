@@ -19,6 +19,14 @@ from typing import Any
 
 from services.errors import NotFound
 
+# An item that catalog-wide jobs (re-tag, moderation scan) are created with and finish
+# last, so a job cannot look done while its scan is still finding items.
+SCAN_ITEM = "catalog scan"
+
+
+RECENT_KEY = "sightline:jobs:recent"
+RECENT_KEPT = 200
+
 
 class State(StrEnum):
     """Lifecycle of a job or of one of its items."""
@@ -125,6 +133,10 @@ class JobStore(abc.ABC):
     def items(self, job_id: str, state: State | None = None) -> list[ItemStatus]:
         """Items of a job, optionally only those in one state."""
 
+    @abc.abstractmethod
+    def recent(self, limit: int = 20) -> list[Job]:
+        """The newest jobs still kept, newest first (for the status page)."""
+
 
 class MemoryJobStore(JobStore):
     """Jobs in this process's memory: the embedded mode, where everything is one process."""
@@ -154,6 +166,11 @@ class MemoryJobStore(JobStore):
             }
         self.add_items(job_id, keys)
         return job_id
+
+    def recent(self, limit: int = 20) -> list[Job]:
+        with self._lock:
+            ids = list(self._jobs)[-limit:]
+        return [self.get(i) for i in reversed(ids)]
 
     def add_items(self, job_id: str, keys: Iterable[str]) -> None:
         with self._lock:
@@ -246,8 +263,21 @@ class RedisJobStore(JobStore):
             mapping={"kind": kind, "created_at": _now(), "meta": json.dumps(dict(meta or {}))},
         )
         self.r.expire(self._k(job_id, "meta"), self.ttl_s)
+        self.r.lpush(RECENT_KEY, job_id)
+        self.r.ltrim(RECENT_KEY, 0, RECENT_KEPT - 1)
         self.add_items(job_id, keys)
         return job_id
+
+    def recent(self, limit: int = 20) -> list[Job]:
+        out = []
+        for raw in self.r.lrange(RECENT_KEY, 0, RECENT_KEPT - 1):
+            try:
+                out.append(self.get(raw.decode() if isinstance(raw, bytes) else raw))
+            except NotFound:  # expired
+                continue
+            if len(out) == limit:
+                break
+        return out
 
     def _exists(self, job_id: str) -> None:
         if not self.r.exists(self._k(job_id, "meta")):

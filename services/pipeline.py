@@ -19,6 +19,8 @@ from services.ids import point_id
 from services.ingest import IngestItem, Ingestor, Outcome, _Prepared
 from services.jobs import JobStore, State
 from services.reembed import reembed
+from services.retag import retag
+from services.review import ReviewService
 from services.settings import FetchSettings, ImageLimits, QueueSettings
 from services.store import ImageStore
 
@@ -41,6 +43,7 @@ class Pipeline:
     queue: QueueSettings
     fetch_settings: FetchSettings
     limits: ImageLimits
+    review: ReviewService | None = None
 
     # -- ingest ---------------------------------------------------------------------------
 
@@ -244,7 +247,30 @@ class Pipeline:
             jobs=self.jobs,
             job_id=job_id,
             switch=switch,
+            flagged_store=self.review.flagged.originals if self.review is not None else None,
         )
+
+    def retag(self, job_id: str) -> None:
+        """Rewrite every image's tags with the current taxonomy."""
+        tagger = self.ingestor.tagger
+        if tagger is None:
+            self.jobs.fail_job(job_id, "tagging is not configured in this process")
+            return
+        retag(
+            index=self.ingestor.index,
+            collection=self.ingestor.collection,
+            store=self.store,
+            tagger=tagger,
+            jobs=self.jobs,
+            job_id=job_id,
+        )
+
+    def scan_flagged(self, job_id: str, entry_ids: Sequence[str] | None) -> None:
+        """Re-check existing images against flagged entries (all when ``entry_ids`` is None)."""
+        if self.review is None:
+            self.jobs.fail_job(job_id, "moderation is not configured in this process")
+            return
+        self.review.scan(self.jobs, job_id, entry_ids)
 
     def delete(self, job_id: str, image_ids: Sequence[str]) -> None:
         """Remove images from the index and the store."""

@@ -31,6 +31,7 @@ def reembed(
     switch: bool = True,
     page: int = 64,
     on_progress: Callable[[int, int], None] | None = None,
+    flagged_store: ImageStore | None = None,
 ) -> int:
     """Copy every image of ``source_prefix`` into ``target_prefix`` with ``target``'s vectors.
 
@@ -77,9 +78,43 @@ def reembed(
             on_progress(done, total)
         if offset is None:
             break
+    _reembed_flagged(index, source_prefix, target_prefix, target, limits, flagged_store)
     failed = jobs.get(job_id).counts["failed"]
     if switch and not failed:
         index.set_active_prefix(target_prefix)
     elif switch:
         jobs.fail_job(job_id, f"{failed} images could not be re-embedded; not switched")
     return done - failed
+
+
+def _reembed_flagged(
+    index: VectorIndex,
+    source_prefix: str,
+    target_prefix: str,
+    target: Encoder,
+    limits: ImageLimits,
+    originals: ImageStore | None,
+) -> None:
+    """Carry the flagged set over: text concepts from their text, images from their kept
+    originals (an entry whose original is gone cannot be carried and is left out)."""
+    offset: str | None = None
+    while True:
+        records, offset = index.scroll(f"{source_prefix}flagged", limit=64, offset=offset)
+        points = []
+        for r in records:
+            if r.payload.get("kind") == "text":
+                vector = target.encode_texts([str(r.payload.get("source", ""))])[0]
+            elif originals is not None:
+                try:
+                    data = originals.get(str(r.payload.get("original", "")))
+                    image = decode_image(data, limits, min_side=target.input_size).image
+                except (NotFound, InvalidImage):
+                    continue
+                vector = target.encode_images([image])[0]
+            else:
+                continue
+            points.append(PointData(r.id, vector, r.payload))
+        if points:
+            index.upsert(f"{target_prefix}flagged", points)
+        if offset is None:
+            return

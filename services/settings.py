@@ -107,6 +107,35 @@ class FetchSettings(BaseModel):
     user_agent: str = "Sightline/0.1 (+image ingest)"
 
 
+class ModerationSettings(BaseModel):
+    """When an upload counts as resembling a flagged entry (see README, Moderation)."""
+
+    image_threshold: float = Field(
+        default=0.95, ge=-1.0, le=1.0, description="Cosine to a flagged image that quarantines."
+    )
+    text_threshold: float = Field(
+        default=0.30, ge=-1.0, le=1.0, description="Cosine to a flagged text concept."
+    )
+    category_thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Per-category thresholds (entries may set their own)."
+    )
+    phash_strong: int = Field(
+        default=5, ge=0, le=64, description="pHash Hamming distance that alone quarantines."
+    )
+    phash_weak: int = Field(
+        default=10, ge=0, le=64, description="Distance that quarantines with a borderline cosine."
+    )
+    borderline_margin: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=2.0,
+        description="How far below its threshold a cosine is borderline.",
+    )
+    cache_s: float = Field(
+        default=2.0, ge=0.0, description="How long a process reuses its copy of the flagged set."
+    )
+
+
 class WebSettings(BaseModel):
     """The HTTP service."""
 
@@ -142,6 +171,7 @@ class Settings(BaseSettings):
     queue: QueueSettings = Field(default_factory=QueueSettings)
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    moderation: ModerationSettings = Field(default_factory=ModerationSettings)
 
     @classmethod
     def settings_customise_sources(

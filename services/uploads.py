@@ -16,7 +16,7 @@ from services.errors import InvalidImage, InvalidMetadata, NotFound
 from services.events import Dispatcher, FetchEvent, IngestEvent
 from services.ids import is_image_id, point_id
 from services.ingest import IngestItem, Ingestor, validate_metadata
-from services.jobs import Job, JobStore, State
+from services.jobs import SCAN_ITEM, Job, JobStore, State
 from services.store import ImageStore
 
 MAX_URLS_PER_JOB = 10_000
@@ -146,6 +146,20 @@ class UploadService:
             raise InvalidMetadata("re-embed needs a new, non-empty collection prefix")
         job_id = self.jobs.create("reembed", (), {"model": model, "prefix": prefix})
         self.dispatcher.reembed(job_id, model, prefix, switch)
+        return job_id
+
+    def retag(self, taxonomy_version: str | None = None) -> str:
+        """Queue a re-tag of the whole catalog with the current taxonomy."""
+        job_id = self.jobs.create("retag", [SCAN_ITEM], {"taxonomy_version": taxonomy_version})
+        self.dispatcher.retag(job_id)
+        return job_id
+
+    def scan_flagged(self, entry_ids: Sequence[str] | None = None) -> str:
+        """Queue a re-check of the catalog against flagged entries (all when None)."""
+        job_id = self.jobs.create(
+            "moderation_scan", [SCAN_ITEM], {"entries": list(entry_ids) if entry_ids else "all"}
+        )
+        self.dispatcher.scan_flagged(job_id, entry_ids)
         return job_id
 
     def job(self, job_id: str) -> Job:

@@ -26,6 +26,7 @@ from services.settings import Settings
 from tests.tiny_model import build_tiny_clip
 
 INDEX_KINDS = ["embedded", "server"]
+pytest_plugins = ["tests.api_fixtures"]
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +77,17 @@ def services(settings: Settings, encoder: Encoder, index: VectorIndex) -> Iterat
     svc = build_services(settings, encoder=encoder, index=index)
     svc.open()
     yield svc
+
+
+@pytest.fixture
+def env(tmp_path: Path, tiny_model_dir: Path) -> dict[str, str]:
+    """Environment for `sightline` subprocesses: the tiny model, a fresh data folder."""
+    return {
+        **os.environ,
+        "SIGHTLINE_MODEL": str(tiny_model_dir),
+        "SIGHTLINE_DATA_DIR": str(tmp_path / "data"),
+        "HF_HUB_OFFLINE": "1",
+    }
 
 
 def png_bytes(seed: int, size: tuple[int, int] = (48, 40)) -> bytes:

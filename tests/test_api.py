@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,73 +14,17 @@ from PIL import Image
 from pydantic import SecretStr
 from sentence_transformers import SentenceTransformer
 
-from services.apikeys import Scope, SqliteKeyStore
+from services.apikeys import Scope
 from services.container import build_services
 from services.encoder import Encoder
 from services.errors import ConfigError
 from services.images import decode_image
 from services.settings import ImageLimits, Settings
+from tests.api_fixtures import auth, make_app, settle
 from tests.brute import top_k
 from tests.conftest import jpeg_bytes, png_bytes
 from web import create_app
 from workers.runtime import build_runtime
-
-
-def _make_app(settings: Settings, encoder: Encoder) -> Flask:
-    services = build_services(settings, encoder=encoder)
-    runtime = build_runtime(settings, services)
-    return create_app(settings, runtime=runtime, keys=SqliteKeyStore(settings.data_dir / "keys.db"))
-
-
-@pytest.fixture
-def app(settings: Settings, encoder: Encoder) -> Iterator[Flask]:
-    app = _make_app(settings, encoder)
-    yield app
-    app.extensions["sightline"].runtime.close()
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
-
-
-@pytest.fixture
-def tokens(app: Flask) -> dict[str, str]:
-    keys = app.extensions["sightline"].keys
-    return {scope.value: keys.create(f"{scope.value}-key", [scope])[1] for scope in Scope}
-
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def settle(app: Flask) -> None:
-    assert app.extensions["sightline"].runtime.dispatcher.join(timeout_s=60)
-
-
-@pytest.fixture
-def catalog(app: Flask, client: FlaskClient, tokens: dict[str, str]) -> list[str]:
-    """12 images uploaded through the API, indexed."""
-    files = [(io.BytesIO(png_bytes(i)), f"img{i}.png") for i in range(12)]
-    per_file = {
-        f"img{i}.png": {"title": f"item {i}", "price": i * 5, "product_id": f"p{i // 3}"}
-        for i in range(12)
-    }
-    r = client.post(
-        "/api/v1/images",
-        data={
-            "files": files,
-            "metadata": '{"brand": "acme"}',
-            "per_file": json.dumps(per_file),
-        },
-        headers=auth(tokens["ingest"]),
-        content_type="multipart/form-data",
-    )
-    assert r.status_code == 202, r.json
-    settle(app)
-    job = client.get(f"/api/v1/jobs/{r.json['job_id']}", headers=auth(tokens["ingest"])).json
-    assert job["state"] == "done" and job["counts"]["done"] == 12
-    return [a["image_id"] for a in r.json["accepted"]]
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +141,7 @@ def test_upload_validation(client: FlaskClient, tokens: dict[str, str]) -> None:
 
 def test_request_too_large_is_413(settings: Settings, encoder: Encoder) -> None:
     settings.web.max_request_bytes = 4096
-    app = _make_app(settings, encoder)
+    app = make_app(settings, encoder)
     token = app.extensions["sightline"].keys.create("k", [Scope.INGEST])[1]
     r = app.test_client().post(
         "/api/v1/images",
@@ -339,7 +281,7 @@ def test_url_ingest_endpoint(client: FlaskClient, tokens: dict[str, str]) -> Non
 
 def test_rate_limit_answers_429_with_retry_after(settings: Settings, encoder: Encoder) -> None:
     settings.web.rate_limit = "3/minute"
-    app = _make_app(settings, encoder)
+    app = make_app(settings, encoder)
     token = app.extensions["sightline"].keys.create("k", [Scope.SEARCH])[1]
     c = app.test_client()
     statuses = [c.get("/api/v1/search?q=x", headers=auth(token)).status_code for _ in range(4)]
@@ -374,7 +316,7 @@ def test_openapi_is_valid_and_covers_every_route(app: Flask, client: FlaskClient
     }
     assert routes and routes == documented
     search = doc["paths"]["/api/v1/search"]["get"]
-    assert {p["name"] for p in search["parameters"]} == {"q", "k", "where", "one_per"}
+    assert {p["name"] for p in search["parameters"]} == {"q", "k", "where", "one_per", "filters"}
     assert "422" in search["responses"] and "401" in search["responses"]
 
 

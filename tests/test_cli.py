@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,16 +41,6 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "filename,title,price\nimg5.png,Red dress,19.5\nshoes/img1.png,Blue shoe,30\n"
     )
     return root
-
-
-@pytest.fixture
-def env(tmp_path: Path, tiny_model_dir: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "SIGHTLINE_MODEL": str(tiny_model_dir),
-        "SIGHTLINE_DATA_DIR": str(tmp_path / "data"),
-        "HF_HUB_OFFLINE": "1",
-    }
 
 
 def test_ingest_search_similar_match_brute_force(env, catalog, tiny_model_dir) -> None:  # type: ignore[no-untyped-def]

@@ -29,6 +29,8 @@ def test_reembed_then_switch(
     services.open()
     items = [IngestItem(png_bytes(i), f"{i}.png", {"title": f"t{i}"}) for i in range(10)]
     ids = [r.image_id for r in services.ingestor.ingest(items).results]
+    text_entry = services.flagged.add_text("a photo of a weapon", "weapons", "t")
+    image_entry = services.flagged.add_image(png_bytes(99), "counterfeit", "t")
     runtime = build_runtime(settings, services)
 
     job_id = runtime.uploads.reembed(str(other_model_dir), "v2_")
@@ -52,6 +54,19 @@ def test_reembed_then_switch(
     for i, image_id in enumerate(ids):
         assert got[image_id].payload["title"] == f"t{i}"
         np.testing.assert_allclose(got[image_id].vector, want[i], atol=1e-5)
+    # The flagged set comes along, embedded by the new model.
+    flagged = {r.id: r for r in index.scroll("v2_flagged", limit=10, with_vectors=True)[0]}
+    np.testing.assert_allclose(
+        flagged[text_entry.id].vector,
+        reference.encode(["a photo of a weapon"], normalize_embeddings=True)[0],
+        atol=1e-5,
+    )
+    flagged_image = Image.open(io.BytesIO(png_bytes(99))).convert("RGB")
+    np.testing.assert_allclose(
+        flagged[image_entry.id].vector,
+        reference.encode([flagged_image], normalize_embeddings=True)[0],
+        atol=1e-5,
+    )
 
     # After the switch a process with the new model uses the new set...
     new_settings = settings.model_copy(update={"model": str(other_model_dir)})

@@ -17,7 +17,9 @@ from services.ids import point_id
 from services.index.edge import EdgeIndex
 from services.ingest import IngestItem
 from services.jobs import State
+from services.labels import RedisTaxonomyStore
 from services.settings import Settings
+from services.taxonomy import parse_taxonomy
 from tests.conftest import png_bytes
 from tests.servers import RedisServer, WorkerProcess, wait_for
 from tests.tiny_model import build_tiny_clip
@@ -266,3 +268,37 @@ def test_embedded_mode_runs_the_same_pipeline_in_process(settings: Settings, enc
     assert job.state is State.DONE and job.counts["done"] == 12
     assert services.index.count(services.collections.images) == 12
     runtime.close()
+
+
+def test_taxonomy_change_reaches_a_running_worker(
+    make_worker, tmp_path: Path, tiny_model_dir: Path, redis_server: RedisServer
+) -> None:
+    """Another process replaces the taxonomy; the worker tags with it without a restart."""
+    env = _env(tmp_path, tiny_model_dir, redis_server.url)
+    store = RedisTaxonomyStore(redis_server.client())
+    first = parse_taxonomy("dimensions: [{name: colour, labels: [red, green, blue]}]")
+    store.put(first)
+    worker = make_worker(env).start()
+    publisher = _publisher(env)
+    job_a, [image_a] = _upload(publisher, range(1))
+    wait_for(lambda: _done(publisher, job_a), 60, "the first image")
+    second = parse_taxonomy("dimensions: [{name: shade, labels: [dark, light]}]")
+    store.put(second)  # the worker is not restarted
+    job_b, [image_b] = _upload(publisher, range(1, 2))
+    wait_for(lambda: _done(publisher, job_b), 60, "the second image")
+    worker.stop()
+    index = EdgeIndex(tmp_path / "data" / "index")
+    try:
+        records = {
+            r.id: r.payload
+            for r in index.retrieve("images", [point_id(image_a), point_id(image_b)])
+        }
+        labels, _ = index.scroll("labels", limit=100)
+    finally:
+        index.close()
+    assert records[point_id(image_a)]["taxonomy_version"] == first.version
+    assert set(records[point_id(image_a)]["tags"]) == {"colour"}
+    assert records[point_id(image_b)]["taxonomy_version"] == second.version
+    assert set(records[point_id(image_b)]["tags"]) == {"shade"}
+    # The worker stored the vectors of the version it found missing.
+    assert {r.payload["version"] for r in labels} >= {second.version}

@@ -73,3 +73,49 @@ def build_tiny_clip(
     )
     processor.save_pretrained(path)
     return path
+
+
+def build_tiny_siglip(
+    path: Path, seed: int = 0, logit_scale: float = 12.0, logit_bias: float = -3.5
+) -> Path:
+    """A tiny SiglipModel with a known temperature and bias (what the sigmoid must use)."""
+    from transformers import SiglipConfig, SiglipModel, SiglipProcessor
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    vocab = byte_level_vocab()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    eos = vocab["<|endoftext|>"]
+    config = SiglipConfig(
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 64,
+            "bos_token_id": vocab["<|startoftext|>"],
+            "eos_token_id": eos,
+            "pad_token_id": eos,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+    )
+    torch.manual_seed(seed)
+    model = SiglipModel(config)
+    with torch.no_grad():
+        model.logit_scale.fill_(float(torch.tensor(logit_scale).log()))
+        model.logit_bias.fill_(logit_bias)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    processor = SiglipProcessor(
+        image_processor=SiglipImageProcessorPil(size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+    )
+    processor.save_pretrained(path)
+    return path

@@ -8,17 +8,21 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 from flask.typing import ResponseReturnValue
+from pydantic import ValidationError
 
 from services.apikeys import Scope
 from services.errors import InvalidImage, InvalidMetadata, NotFound
+from services.fetch import fetch_image
 from services.filters import parse_filters
 from services.ids import is_image_id
 from services.index.base import PayloadFilter
 from services.ingest import IngestItem
 from services.search import SearchHit
+from services.tagging import NoTaxonomy, TagResult
+from services.taxonomy import Taxonomy
 from web import schemas as s
-from web.endpoint import Operation, current_key, endpoint
-from web.errors import field_error
+from web.endpoint import Operation, current_key, endpoint, tag_dimensions
+from web.errors import field_error, validation_error
 from web.extension import Sightline
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -53,6 +57,16 @@ def _visible(flt: PayloadFilter) -> PayloadFilter:
     )
 
 
+def _filters(where: Sequence[str]) -> PayloadFilter:
+    """``where`` expressions plus taxonomy shorthands (``colour=red`` -> ``tags.colour``),
+    with quarantined images hidden from non-admin keys."""
+    exprs = list(where)
+    shorthand = set(request.args) - {"q", "k", "where", "one_per"}
+    for dim in sorted(tag_dimensions() & shorthand if shorthand else ()):
+        exprs += [f"tags.{dim}={value}" for value in request.args.getlist(dim)]
+    return _visible(parse_filters(exprs))
+
+
 def _hits(hits: Sequence[SearchHit]) -> s.Hits:
     return s.Hits(
         results=[
@@ -62,7 +76,7 @@ def _hits(hits: Sequence[SearchHit]) -> s.Hits:
     )
 
 
-def _payload(image_id: str) -> dict[str, Any]:
+def visible_payload(image_id: str) -> dict[str, Any]:
     """An image's payload, 404 if unknown or hidden from this key."""
     if not is_image_id(image_id):
         raise NotFound(f"not an image id: {image_id!r}")
@@ -172,13 +186,13 @@ def job_retry(job_id: str) -> s.JobRef:
     )
 )
 def image_info(image_id: str) -> s.ImageInfo:
-    return s.ImageInfo(image_id=image_id, payload=_payload(image_id))
+    return s.ImageInfo(image_id=image_id, payload=visible_payload(image_id))
 
 
 @bp.get("/images/<image_id>/file")
 @endpoint(Operation("The stored original", Scope.SEARCH, binary="image/*", errors=(401, 403, 404)))
 def image_file(image_id: str) -> ResponseReturnValue:
-    payload = _payload(image_id)
+    payload = visible_payload(image_id)
     data = ext().services.store.get(image_id)
     media = _MEDIA.get(str(payload.get("format")), "application/octet-stream")
     return Response(data, mimetype=media, headers={"Cache-Control": "private, max-age=86400"})
@@ -194,7 +208,7 @@ def image_file(image_id: str) -> ResponseReturnValue:
     )
 )
 def image_thumbnail(image_id: str) -> ResponseReturnValue:
-    _payload(image_id)
+    visible_payload(image_id)
     size = request.args.get("size", "256")
     if not size.isdigit():
         raise field_error("size", "must be an integer")
@@ -221,11 +235,16 @@ def image_delete(image_id: str) -> s.JobRef:
 @bp.get("/search")
 @endpoint(
     Operation(
-        "Text to images", Scope.SEARCH, s.Hits, query=s.SearchQuery, errors=(401, 403, 422, 429)
+        "Text to images",
+        Scope.SEARCH,
+        s.Hits,
+        query=s.SearchQuery,
+        errors=(401, 403, 422, 429),
+        tag_filters=True,
     )
 )
 def search_text(query: s.SearchQuery) -> s.Hits:
-    flt = _visible(parse_filters(query.where))
+    flt = _filters(query.where)
     return _hits(ext().services.search.text(query.q, query.k, flt, query.one_per))
 
 
@@ -238,13 +257,14 @@ def search_text(query: s.SearchQuery) -> s.Hits:
         query=s.SimilarQuery,
         form={"file": "the query image"},
         errors=(401, 403, 413, 415, 422, 429),
+        tag_filters=True,
     )
 )
 def search_image(query: s.SimilarQuery) -> s.Hits:
     upload = request.files.get("file")
     if upload is None:
         raise field_error("file", "an image file is required")
-    flt = _visible(parse_filters(query.where))
+    flt = _filters(query.where)
     return _hits(ext().services.search.by_image(upload.read(), query.k, flt, query.one_per))
 
 
@@ -256,11 +276,12 @@ def search_image(query: s.SimilarQuery) -> s.Hits:
         s.Hits,
         query=s.SimilarQuery,
         errors=(401, 403, 404, 422, 429),
+        tag_filters=True,
     )
 )
 def similar(image_id: str, query: s.SimilarQuery) -> s.Hits:
-    _payload(image_id)
-    flt = _visible(parse_filters(query.where))
+    visible_payload(image_id)
+    flt = _filters(query.where)
     return _hits(ext().services.search.similar(image_id, query.k, flt, query.one_per))
 
 
@@ -276,8 +297,8 @@ def similar(image_id: str, query: s.SimilarQuery) -> s.Hits:
 )
 def recommend(body: s.RecommendBody) -> s.Hits:
     for ref in [*body.positive, *body.negative]:
-        _payload(ref)
-    flt = _visible(parse_filters(body.where))
+        visible_payload(ref)
+    flt = _filters(body.where)
     try:
         hits = ext().services.search.recommend(
             body.positive, body.negative, body.k, flt, body.one_per
@@ -285,3 +306,119 @@ def recommend(body: s.RecommendBody) -> s.Hits:
     except InvalidImage as e:
         raise InvalidMetadata(str(e)) from e
     return _hits(hits)
+
+
+def _tag_response(result: TagResult) -> s.TagResponse:
+    return s.TagResponse.model_validate(result.as_dict())
+
+
+@bp.post("/tag")
+@endpoint(
+    Operation(
+        "Tag an image (upload, stored id or URL) with the taxonomy or ad-hoc candidate labels",
+        Scope.SEARCH,
+        s.TagResponse,
+        body=s.TagBody,
+        form={
+            "file": "the image to tag (not stored)",
+            "candidate_labels": "optional: comma-separated labels or a JSON list",
+            "hypothesis_template": "optional: prompt per label, {} is the label",
+            "multi_label": "optional: true for independent per-label probabilities",
+        },
+        errors=(401, 403, 404, 409, 413, 415, 422, 429, 502),
+    )
+)
+def tag(body: s.TagBody | None) -> s.TagResponse:
+    tagger = ext().services.tagger
+    if body is None:
+        upload = request.files.get("file")
+        if upload is None:
+            raise field_error("file", "an image file is required (or send JSON with image_id/url)")
+        options = _tag_form_options()
+        return _tag_response(tagger.tag_bytes(upload.read(), **options.model_dump()))
+    options = s.TagOptions.model_validate(
+        body.model_dump(include={"candidate_labels", "hypothesis_template", "multi_label"})
+    )
+    if body.image_id is not None:
+        visible_payload(body.image_id)
+        record = ext().services.search.record(body.image_id, with_vector=True)
+        original = ext().services.store.get(str(record.payload["image_id"]))
+        assert record.vector is not None  # read with_vector
+        return _tag_response(tagger.tag_one(record.vector, original, **options.model_dump()))
+    settings = ext().settings
+    data, _ = fetch_image(str(body.url), settings.fetch, settings.images.max_bytes)
+    return _tag_response(tagger.tag_bytes(data, **options.model_dump()))
+
+
+def _tag_form_options() -> s.TagOptions:
+    raw: dict[str, Any] = {}
+    labels = request.form.get("candidate_labels", "").strip()
+    if labels:
+        try:
+            raw["candidate_labels"] = (
+                json.loads(labels) if labels.startswith("[") else labels.split(",")
+            )
+        except json.JSONDecodeError as e:
+            raise field_error("candidate_labels", f"not a valid JSON list ({e.msg})") from e
+    if request.form.get("hypothesis_template"):
+        raw["hypothesis_template"] = request.form["hypothesis_template"]
+    if request.form.get("multi_label"):
+        raw["multi_label"] = request.form["multi_label"]
+    try:
+        return s.TagOptions.model_validate(raw)
+    except ValidationError as e:
+        raise validation_error(e) from e
+
+
+@bp.get("/taxonomy")
+@endpoint(
+    Operation(
+        "The current taxonomy (?format=yaml for YAML)",
+        Scope.SEARCH,
+        s.TaxonomyInfo,
+        query=s.FormatQuery,
+        errors=(401, 403, 404),
+    )
+)
+def taxonomy_get(query: s.FormatQuery) -> s.TaxonomyInfo | Response:
+    taxonomy = ext().services.labels.store.get()
+    if taxonomy is None:
+        raise NotFound("no taxonomy is loaded")
+    if query.format == "yaml":
+        return Response(taxonomy.to_yaml(), mimetype="application/yaml")
+    return s.TaxonomyInfo(version=taxonomy.version, taxonomy=taxonomy.model_dump(mode="json"))
+
+
+@bp.put("/taxonomy")
+@endpoint(
+    Operation(
+        "Replace the taxonomy (JSON or YAML body); re-tags the catalog unless ?retag=false",
+        Scope.ADMIN,
+        s.TaxonomyReplaced,
+        query=s.RetagQuery,
+        body=Taxonomy,
+        yaml_body=True,
+        errors=(401, 403, 422),
+    )
+)
+def taxonomy_put(query: s.RetagQuery, body: Taxonomy) -> s.TaxonomyReplaced:
+    version = ext().services.replace_taxonomy(body)
+    job_id = ext().uploads.retag(version) if query.retag else None
+    return s.TaxonomyReplaced(version=version, retag_job_id=job_id)
+
+
+@bp.post("/retag")
+@endpoint(
+    Operation(
+        "Re-tag every image with the current taxonomy (a job)",
+        Scope.ADMIN,
+        s.JobRef,
+        202,
+        errors=(401, 403, 409),
+    )
+)
+def retag() -> s.JobRef:
+    labels = ext().services.labels.current()
+    if labels is None:
+        raise NoTaxonomy("no taxonomy is loaded")
+    return s.JobRef(job_id=ext().uploads.retag(labels.version))

@@ -5,19 +5,25 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 from flask import Flask, Response, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+from flask_wtf.csrf import CSRFProtect
 
+from services.accounts import AccountStore, RedisAccountStore, SqliteAccountStore
 from services.apikeys import KeyStore, RedisKeyStore, SqliteKeyStore
 from services.errors import ConfigError
 from services.settings import Settings, load_settings
-from web import api, health
+from web import admin, api, health, moderation_api
 from web.errors import register_error_handlers
 from web.extension import Sightline
 from web.metrics import Metrics
 from workers.runtime import Runtime, build_runtime
+
+if TYPE_CHECKING:
+    from flask.typing import RouteCallable
 
 CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
@@ -32,6 +38,15 @@ def build_keys(settings: Settings) -> KeyStore:
 
         return RedisKeyStore(redis.Redis.from_url(settings.queue.broker_url))
     return SqliteKeyStore(settings.data_dir / "auth.sqlite")
+
+
+def build_accounts(settings: Settings) -> AccountStore:
+    """Dashboard accounts beside the API keys: Redis with a broker, else SQLite."""
+    if settings.queue.broker_url:
+        import redis
+
+        return RedisAccountStore(redis.Redis.from_url(settings.queue.broker_url))
+    return SqliteAccountStore(settings.data_dir / "auth.sqlite")
 
 
 def _rate_key() -> str:
@@ -59,6 +74,7 @@ def create_app(
     settings: Settings | None = None,
     runtime: Runtime | None = None,
     keys: KeyStore | None = None,
+    accounts: AccountStore | None = None,
 ) -> Flask:
     """Build the app: validate settings, load the model, open the index, wire the routes.
 
@@ -82,6 +98,8 @@ def create_app(
         JSON_SORT_KEYS=False,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=12 * 3600,
+        WTF_CSRF_TIME_LIMIT=None,  # tokens live as long as the session
     )
     metrics = Metrics()
     metrics.install(app)
@@ -115,10 +133,26 @@ def create_app(
     limiter.exempt(health.bp)
 
     app.extensions["sightline"] = Sightline(
-        settings=settings, runtime=runtime, keys=keys or build_keys(settings), metrics=metrics
+        settings=settings,
+        runtime=runtime,
+        keys=keys or build_keys(settings),
+        accounts=accounts or build_accounts(settings),
+        metrics=metrics,
     )
     register_error_handlers(app)
     app.after_request(_security_headers)
     app.register_blueprint(api.bp)
+    app.register_blueprint(moderation_api.bp)
+    app.register_blueprint(admin.bp)
+    # Forms and dashboard scripts carry a CSRF token; the API authenticates every request
+    # with a key header instead of a cookie, so it is exempt.
+    csrf = CSRFProtect(app)
+    for blueprint in (api.bp, moderation_api.bp, health.bp):
+        csrf.exempt(blueprint)
+    # Password guessing: login posts get their own, much smaller budget per client.
+    login_budget = limiter.limit("20/minute", methods=["POST"], key_func=get_remote_address)
+    app.view_functions["admin.login"] = cast(
+        "RouteCallable", login_budget(app.view_functions["admin.login"])
+    )
     app.register_blueprint(health.bp)
     return app

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
 from flask import current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, ValidationError
@@ -32,6 +33,8 @@ class Operation:
     form: dict[str, str] = field(default_factory=dict)  # multipart field -> description
     binary: str | None = None  # media type of a non-JSON response
     errors: tuple[int, ...] = ()
+    yaml_body: bool = False  # the body may also be sent as application/yaml
+    tag_filters: bool = False  # taxonomy dimension names are accepted as query filters
 
 
 def current_key() -> ApiKey:
@@ -55,7 +58,25 @@ def authenticate(scope: Scope) -> ApiKey:
     return key
 
 
-def _query_args(model: type[BaseModel]) -> dict[str, Any]:
+def tag_dimensions() -> set[str]:
+    """Names of the current taxonomy's dimensions (``colour=red`` filters on search)."""
+    return set(current_app.extensions["sightline"].services.labels.dimension_names())
+
+
+def _body(op: Operation) -> Any:
+    """The parsed request body: JSON, or YAML where the operation allows it."""
+    mime = request.mimetype or ""
+    if op.yaml_body and mime in ("application/yaml", "application/x-yaml", "text/yaml"):
+        try:
+            return yaml.safe_load(request.get_data(as_text=True))
+        except yaml.YAMLError as e:
+            raise ApiError(422, "validation_error", f"the body is not valid YAML: {e}") from e
+    return request.get_json(silent=True)
+
+
+def _query_args(
+    model: type[BaseModel], extra: Callable[[], set[str]] | None = None
+) -> dict[str, Any]:
     data: dict[str, Any] = {}
     for name, info in model.model_fields.items():
         if name not in request.args:
@@ -63,6 +84,8 @@ def _query_args(model: type[BaseModel]) -> dict[str, Any]:
         is_list = str(info.annotation).startswith("list[")
         data[name] = request.args.getlist(name) if is_list else request.args.get(name)
     unknown = set(request.args) - set(model.model_fields)
+    if unknown and extra is not None:  # read the taxonomy only when a request needs it
+        unknown -= extra()
     if unknown:
         raise ApiError(
             422,
@@ -84,10 +107,13 @@ def endpoint(op: Operation) -> Callable[[Callable[..., Any]], Callable[..., Resp
             kwargs: dict[str, Any] = dict(path)
             try:
                 if op.query is not None:
-                    kwargs["query"] = op.query.model_validate(_query_args(op.query))
-                if op.body is not None:
-                    payload = request.get_json(silent=True)
-                    if payload is None:
+                    extra = tag_dimensions if op.tag_filters else None
+                    kwargs["query"] = op.query.model_validate(_query_args(op.query, extra))
+                if op.body is not None and op.form and not request.is_json:
+                    kwargs["body"] = None  # sent as multipart: the view reads the form
+                elif op.body is not None:
+                    payload = _body(op)
+                    if not isinstance(payload, dict):
                         raise ApiError(422, "validation_error", "the body must be a JSON object")
                     kwargs["body"] = op.body.model_validate(payload)
             except ValidationError as err:

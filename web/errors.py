@@ -11,8 +11,11 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from services import errors as e
-from services.fetch import FetchRefused
+from services.fetch import FetchFailed, FetchRefused
 from services.filters import InvalidFilter
+from services.moderation import InvalidFlag
+from services.tagging import NoTaxonomy
+from services.taxonomy import InvalidTaxonomy
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +27,10 @@ STATUS: list[tuple[type[Exception], int]] = [
     (e.InvalidMetadata, 422),
     (InvalidFilter, 422),
     (FetchRefused, 422),
+    (FetchFailed, 502),
+    (InvalidTaxonomy, 422),
+    (InvalidFlag, 422),
+    (NoTaxonomy, 409),
     (e.NotFound, 404),
     (e.ModelMismatch, 409),
     (e.ModelUnavailable, 503),

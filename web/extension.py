@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.accounts import AccountStore
 from services.apikeys import KeyStore
 from services.container import Services
 from services.settings import Settings
@@ -19,6 +20,7 @@ class Sightline:
     settings: Settings
     runtime: Runtime
     keys: KeyStore
+    accounts: AccountStore
     metrics: Metrics
 
     @property

@@ -62,11 +62,11 @@ def build_openapi(app: Flask, version: str) -> dict[str, Any]:
             }
             if op.query is not None:
                 entry["parameters"] += _query_params(op.query)
+            content: dict[str, Any] = {}
             if op.body is not None:
-                entry["requestBody"] = {
-                    "required": True,
-                    "content": {"application/json": {"schema": _schema(op.body, components)}},
-                }
+                content["application/json"] = {"schema": _schema(op.body, components)}
+                if op.yaml_body:
+                    content["application/yaml"] = {"schema": _schema(op.body, components)}
             if op.form:
                 props = {
                     name: (
@@ -82,12 +82,22 @@ def build_openapi(app: Flask, version: str) -> dict[str, Any]:
                     )
                     for name, d in op.form.items()
                 }
-                entry["requestBody"] = {
-                    "required": True,
-                    "content": {
-                        "multipart/form-data": {"schema": {"type": "object", "properties": props}}
-                    },
-                }
+                content["multipart/form-data"] = {"schema": {"type": "object", "properties": props}}
+            if content:
+                entry["requestBody"] = {"required": True, "content": content}
+            if op.tag_filters:
+                entry["parameters"].append(
+                    {
+                        "name": "filters",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "style": "form",
+                        "explode": True,
+                        "description": "Taxonomy dimensions as filters on assigned tags, "
+                        "e.g. colour=red or colour=red|blue.",
+                    }
+                )
             if op.response is not None:
                 content = {"application/json": {"schema": _schema(op.response, components)}}
             else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
@@ -136,3 +136,256 @@ class ErrorResponse(BaseModel):
     """Every error: ``{"error": {"code", "message"}}``."""
 
     error: ErrorBody
+
+
+class TagOptions(_Strict):
+    """Ad-hoc labels instead of the stored taxonomy (Hugging Face zero-shot style)."""
+
+    candidate_labels: list[str] | None = Field(
+        default=None,
+        max_length=1000,
+        description="Labels to score instead of the stored taxonomy.",
+    )
+    hypothesis_template: str = Field(
+        default="This is a photo of {}.",
+        max_length=500,
+        description="Prompt per candidate label; {} is replaced by the label.",
+    )
+    multi_label: bool = Field(
+        default=False, description="Independent per-label probabilities instead of a softmax."
+    )
+
+
+class TagBody(TagOptions):
+    """Tag a stored image or an image at a URL (multipart uploads send ``file`` instead)."""
+
+    image_id: str | None = None
+    url: str | None = Field(default=None, max_length=4096)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TagBody:
+        if (self.image_id is None) == (self.url is None):
+            raise ValueError("give exactly one of image_id or url (or upload a file)")
+        return self
+
+
+class LabelScore(BaseModel):
+    """A label and its probability."""
+
+    label: str
+    score: float
+
+
+class DimensionTags(BaseModel):
+    """Every label of one dimension, best first, and those assigned."""
+
+    name: str
+    multi_label: bool
+    labels: list[LabelScore]
+    assigned: list[str]
+
+
+class TagResponse(BaseModel):
+    """Tags of one image."""
+
+    taxonomy_version: str | None = Field(description="None for ad-hoc candidate labels.")
+    ocr_text: str | None
+    dimensions: list[DimensionTags]
+
+
+class FormatQuery(_Strict):
+    """Response format of the taxonomy export."""
+
+    format: str = Field(default="json", pattern="^(json|yaml)$")
+
+
+class RetagQuery(_Strict):
+    """Whether replacing the taxonomy also re-tags the catalog."""
+
+    retag: bool = True
+
+
+class TaxonomyInfo(BaseModel):
+    """The current taxonomy and its version (a content hash)."""
+
+    version: str
+    taxonomy: dict[str, Any]
+
+
+class TaxonomyReplaced(BaseModel):
+    """Answer to a taxonomy replacement."""
+
+    version: str
+    retag_job_id: str | None
+
+
+class FlagOptions(_Strict):
+    """Fields of a new flagged entry (multipart uploads send them as form fields)."""
+
+    category: str = Field(min_length=1, max_length=64, description="e.g. weapons, nudity.")
+    threshold: float | None = Field(
+        default=None,
+        ge=-1.0,
+        le=1.0,
+        description="Cosine that quarantines; default per category/kind.",
+    )
+    note: str = Field(default="", max_length=2000)
+    scan: bool = Field(default=True, description="Re-check the existing catalog against it.")
+
+
+class FlagBody(FlagOptions):
+    """Flag a stored image, an image URL, or a text concept."""
+
+    image_id: str | None = None
+    url: str | None = Field(default=None, max_length=4096)
+    text: str | None = Field(
+        default=None, max_length=1000, description='e.g. "a photo of a weapon"'
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FlagBody:
+        given = [v for v in (self.image_id, self.url, self.text) if v is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of image_id, url or text (or upload a file)")
+        return self
+
+
+class FlagPatch(_Strict):
+    """Changes to a flagged entry."""
+
+    category: str | None = Field(default=None, min_length=1, max_length=64)
+    threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class FlaggedEntryOut(BaseModel):
+    """One flagged entry."""
+
+    id: str
+    kind: str
+    category: str
+    source: str
+    threshold: float | None
+    note: str
+    added_by: str
+    added_at: str
+
+
+class FlagCreated(BaseModel):
+    """A new entry, and the retroactive scan it started."""
+
+    entry: FlaggedEntryOut
+    scan_job_id: str | None
+
+
+class FlaggedList(BaseModel):
+    """The flagged set."""
+
+    entries: list[FlaggedEntryOut]
+
+
+class MatchOut(BaseModel):
+    """Why an image resembles a flagged entry."""
+
+    entry_id: str
+    category: str
+    kind: str
+    score: float = Field(description="Cosine similarity to the entry.")
+    threshold: float
+    phash_distance: int | None = Field(description="Bits differing from the closest hash.")
+    signal: str = Field(description="embedding, phash or phash+embedding.")
+
+
+class VerdictOut(BaseModel):
+    """The answer of ``/moderate``."""
+
+    verdict: str = Field(description="quarantined or clear")
+    category: str | None
+    matches: list[MatchOut]
+
+
+class ModerateBody(_Strict):
+    """Check a stored image or an image URL (multipart uploads send ``file``)."""
+
+    image_id: str | None = None
+    url: str | None = Field(default=None, max_length=4096)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModerateBody:
+        if (self.image_id is None) == (self.url is None):
+            raise ValueError("give exactly one of image_id or url (or upload a file)")
+        return self
+
+
+class QueueQuery(_Strict):
+    """A page of the review queue."""
+
+    limit: int = Field(default=50, ge=1, le=500)
+    offset: str | None = Field(default=None, max_length=64)
+
+
+class QueueItem(BaseModel):
+    """A quarantined image with what it matched."""
+
+    image_id: str
+    payload: dict[str, Any]
+    matches: list[MatchOut]
+
+
+class ReviewQueue(BaseModel):
+    """Quarantined images waiting for a decision."""
+
+    pending: int
+    items: list[QueueItem]
+    next_offset: str | None
+
+
+class DecisionBody(_Strict):
+    """Approve or reject one or many quarantined images."""
+
+    image_ids: list[str] = Field(min_length=1, max_length=500)
+    action: str = Field(pattern="^(approve|reject)$")
+    reason: str | None = Field(default=None, max_length=2000)
+    add_to_flagged: bool = Field(default=False, description="reject: flag the image too.")
+    category: str | None = Field(default=None, max_length=64)
+
+
+class DecisionOut(BaseModel):
+    """The outcome of one decision."""
+
+    image_id: str
+    action: str
+    ok: bool
+    message: str
+    flagged_entry: str | None
+
+
+class Decisions(BaseModel):
+    """Outcomes, one per image."""
+
+    results: list[DecisionOut]
+
+
+class AuditQuery(_Strict):
+    """Which audit events to read."""
+
+    limit: int = Field(default=100, ge=1, le=1000)
+    target: str | None = Field(default=None, max_length=128)
+
+
+class AuditEventOut(BaseModel):
+    """One audit event."""
+
+    id: str
+    at: str
+    actor: str
+    action: str
+    target: str
+    reason: str | None
+    details: dict[str, Any]
+
+
+class AuditLogOut(BaseModel):
+    """Audit events, newest first."""
+
+    events: list[AuditEventOut]

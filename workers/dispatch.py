@@ -56,6 +56,15 @@ class CeleryDispatcher:
             kwargs={"job_id": job_id, "model": model, "prefix": prefix, "switch": switch},
         )
 
+    def retag(self, job_id: str) -> None:
+        self.app.send_task("sightline.retag", kwargs={"job_id": job_id})
+
+    def scan_flagged(self, job_id: str, entry_ids: Sequence[str] | None) -> None:
+        self.app.send_task(
+            "sightline.scan_flagged",
+            kwargs={"job_id": job_id, "entry_ids": list(entry_ids) if entry_ids else None},
+        )
+
 
 _STOP = object()
 
@@ -120,6 +129,12 @@ class InProcessDispatcher:
     def reembed(self, job_id: str, model: str, prefix: str, switch: bool) -> None:
         self._put("reembed", (job_id, model, prefix, switch))
 
+    def retag(self, job_id: str) -> None:
+        self._put("retag", (job_id,))
+
+    def scan_flagged(self, job_id: str, entry_ids: Sequence[str] | None) -> None:
+        self._put("scan", (job_id, list(entry_ids) if entry_ids else None))
+
     def _run(self) -> None:
         deferred: list[tuple[str, Any]] = []
         while True:
@@ -171,6 +186,10 @@ class InProcessDispatcher:
             pipe.delete(*payload)
         elif kind == "reembed":
             pipe.reembed(*payload)
+        elif kind == "retag":
+            pipe.retag(*payload)
+        elif kind == "scan":
+            pipe.scan_flagged(*payload)
 
     def _guard(self, kind: str, payload: Any) -> None:
         """Run one unit of work; an unexpected error fails its items instead of the thread."""
@@ -201,7 +220,7 @@ def fail_items(jobs: JobStore, kind: str, payload: Any, reason: str) -> None:
             jobs.set_item(ev.job_id, ev.item, State.FAILED, reason, image_id=ev.image_id)
     elif kind == "fetch":
         jobs.set_item(payload.job_id, payload.url, State.FAILED, reason)
-    elif kind in ("bulk", "reembed"):
+    elif kind in ("bulk", "reembed", "retag", "scan"):
         jobs.fail_job(payload[0], reason)
     elif kind == "delete":
         for image_id in payload[1]:

@@ -61,6 +61,7 @@ def build_runtime(settings: Settings, services: Services | None = None) -> Runti
         queue=q,
         fetch_settings=settings.fetch,
         limits=settings.images,
+        review=services.review,
     )
     if isinstance(dispatcher, InProcessDispatcher):
         dispatcher.bind(pipeline)

@@ -97,3 +97,23 @@ def reembed(self: SightlineTask, job_id: str, model: str, prefix: str, switch: b
     except Exception as e:
         self.runtime.jobs.fail_job(job_id, f"re-embed failed: {e}")
         raise
+
+
+@shared_task(base=SightlineTask, bind=True, name="sightline.retag")
+def retag(self: SightlineTask, job_id: str) -> None:
+    """Rewrite every image's tags with the current taxonomy."""
+    try:
+        self.runtime.pipeline.retag(job_id)
+    except Exception as e:
+        self.runtime.jobs.fail_job(job_id, f"re-tag failed: {e}")
+        raise
+
+
+@shared_task(base=SightlineTask, bind=True, name="sightline.scan_flagged")
+def scan_flagged(self: SightlineTask, job_id: str, entry_ids: list[str] | None) -> None:
+    """Re-check existing images against flagged entries; quarantine new matches."""
+    try:
+        self.runtime.pipeline.scan_flagged(job_id, entry_ids)
+    except Exception as e:
+        self.runtime.jobs.fail_job(job_id, f"moderation scan failed: {e}")
+        raise

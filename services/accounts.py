@@ -1,0 +1,153 @@
+"""Dashboard accounts: usernames with scrypt-hashed passwords.
+
+Passwords are hashed with the standard library's scrypt (memory-hard, per-user salt) and
+compared in constant time; the plain password is never stored or logged. Accounts live
+beside the API keys: Redis with a broker, else a SQLite file.
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+import re
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.errors import SightlineError
+
+_N, _R, _P = 2**14, 8, 1
+_USERNAME = re.compile(r"^[A-Za-z0-9_.@-]{2,64}$")
+MIN_PASSWORD = 10
+
+
+class InvalidAccount(SightlineError):
+    """A username or password that cannot be accepted."""
+
+    code = "invalid_account"
+
+
+@dataclass(frozen=True)
+class Account:
+    """A dashboard user (admins only, for now)."""
+
+    username: str
+    created_at: str
+
+
+def hash_password(password: str) -> str:
+    """``scrypt$n$r$p$salt$digest``, all that is needed to verify later."""
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=32)
+    b64 = base64.b64encode
+    return f"scrypt${_N}${_R}${_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Constant-time check of a password against ``hash_password``'s output."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        expected = base64.b64decode(digest)
+        actual = hashlib.scrypt(
+            password.encode(),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(expected),
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+class AccountStore(abc.ABC):
+    """Create and check dashboard accounts."""
+
+    @abc.abstractmethod
+    def _save(self, username: str, record: dict[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def _load(self, username: str) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    def usernames(self) -> list[str]:
+        """Every account name."""
+
+    def create(self, username: str, password: str) -> Account:
+        """Create or reset an account.
+
+        Raises:
+            InvalidAccount: a bad username or a short password.
+        """
+        if not _USERNAME.match(username):
+            raise InvalidAccount("usernames are 2-64 letters, digits, or . _ @ -")
+        if len(password) < MIN_PASSWORD:
+            raise InvalidAccount(f"passwords need at least {MIN_PASSWORD} characters")
+        created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        self._save(username, {"hash": hash_password(password), "created_at": created})
+        return Account(username, created)
+
+    def authenticate(self, username: str, password: str) -> Account | None:
+        """The account if the password is right, else None (same cost either way)."""
+        record = self._load(username)
+        stored = record["hash"] if record else hash_password("timing-equaliser")
+        ok = verify_password(password, stored)
+        return Account(username, record["created_at"]) if ok and record else None
+
+
+class SqliteAccountStore(AccountStore):
+    """Accounts in a SQLite file (the embedded deployment)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS accounts (username TEXT PRIMARY KEY, record TEXT)"
+            )
+
+    def _save(self, username: str, record: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO accounts VALUES (?, ?)", (username, json.dumps(record))
+            )
+
+    def _load(self, username: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT record FROM accounts WHERE username = ?", (username,)
+            ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def usernames(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT username FROM accounts ORDER BY 1")]
+
+
+class RedisAccountStore(AccountStore):
+    """Accounts in a Redis hash shared by every web process."""
+
+    def __init__(self, client: Any, key: str = "sightline:accounts") -> None:
+        self.r = client
+        self.key = key
+
+    def _save(self, username: str, record: dict[str, Any]) -> None:
+        self.r.hset(self.key, username, json.dumps(record))
+
+    def _load(self, username: str) -> dict[str, Any] | None:
+        raw = self.r.hget(self.key, username)
+        return json.loads(raw) if raw else None
+
+    def usernames(self) -> list[str]:
+        return sorted(k.decode() if isinstance(k, bytes) else k for k in self.r.hkeys(self.key))

@@ -1,0 +1,172 @@
+"""An append-only record of moderation decisions: who did what to which item, when, and why.
+
+Trust-and-safety decisions must be explainable later, so every entry is written before
+the call that made the decision returns, and nothing here updates or deletes an entry.
+SQLite (WAL, synchronous FULL) in the embedded deployment; a Redis stream, shared by
+every process, with a broker.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+import json
+import sqlite3
+import threading
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.errors import IndexUnavailable
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One decision or automatic action."""
+
+    id: str
+    at: str
+    actor: str
+    action: str
+    target: str
+    reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form for the API."""
+        return asdict(self)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+class AuditLog(abc.ABC):
+    """Append and read back, newest first."""
+
+    @abc.abstractmethod
+    def record(
+        self,
+        actor: str,
+        action: str,
+        target: str,
+        reason: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> AuditEvent:
+        """Append one event durably and return it."""
+
+    @abc.abstractmethod
+    def list(self, limit: int = 100, target: str | None = None) -> list[AuditEvent]:
+        """The newest events (optionally about one target), newest first."""
+
+
+class SqliteAuditLog(AuditLog):
+    """A SQLite file beside the data."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                "at TEXT NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL, "
+                "target TEXT NOT NULL, reason TEXT, details TEXT NOT NULL)"
+            )
+            self._db.execute("CREATE INDEX IF NOT EXISTS audit_target ON audit (target)")
+
+    def record(
+        self,
+        actor: str,
+        action: str,
+        target: str,
+        reason: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> AuditEvent:
+        at = _now()
+        body = json.dumps(dict(details or {}), sort_keys=True, default=str)
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO audit (at, actor, action, target, reason, details) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (at, actor, action, target, reason, body),
+            )
+        return AuditEvent(str(cur.lastrowid), at, actor, action, target, reason, json.loads(body))
+
+    def list(self, limit: int = 100, target: str | None = None) -> list[AuditEvent]:
+        query = "SELECT id, at, actor, action, target, reason, details FROM audit"
+        args: tuple[Any, ...] = ()
+        if target is not None:
+            query += " WHERE target = ?"
+            args = (target,)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [AuditEvent(str(r[0]), r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
+
+
+class RedisAuditLog(AuditLog):
+    """A Redis stream (never trimmed); run Redis with AOF persistence in production."""
+
+    def __init__(self, client: Any, key: str = "sightline:audit") -> None:
+        self.r = client
+        self.key = key
+
+    def record(
+        self,
+        actor: str,
+        action: str,
+        target: str,
+        reason: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> AuditEvent:
+        import redis
+
+        fields = {
+            "at": _now(),
+            "actor": actor,
+            "action": action,
+            "target": target,
+            "reason": reason or "",
+            "details": json.dumps(dict(details or {}), sort_keys=True, default=str),
+        }
+        try:
+            event_id = self.r.xadd(self.key, fields)
+        except redis.RedisError as e:
+            raise IndexUnavailable(f"cannot write the audit log: {e}") from e
+        return self._event(event_id, fields)
+
+    @staticmethod
+    def _event(event_id: Any, f: Mapping[Any, Any]) -> AuditEvent:
+        def text(v: Any) -> str:
+            return v.decode() if isinstance(v, bytes) else str(v)
+
+        g = {text(k): text(v) for k, v in f.items()}
+        return AuditEvent(
+            text(event_id),
+            g["at"],
+            g["actor"],
+            g["action"],
+            g["target"],
+            g["reason"] or None,
+            json.loads(g["details"]),
+        )
+
+    def list(self, limit: int = 100, target: str | None = None) -> list[AuditEvent]:
+        out: list[AuditEvent] = []
+        end = "+"
+        while len(out) < limit:
+            page = self.r.xrevrange(self.key, max=end, min="-", count=500)
+            if not page:
+                break
+            for event_id, f in page:
+                event = self._event(event_id, f)
+                if target is None or event.target == target:
+                    out.append(event)
+            last = page[-1][0]
+            end = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+            if len(page) < 500:
+                break
+        return out[:limit]

@@ -1,0 +1,154 @@
+"""A catalog's own taxonomy: dimensions of labels, each label described by prompts.
+
+Zero-shot tagging needs no labelled images, only words: every label is the normalised mean
+of its prompts' text embeddings, so a taxonomy is all a team writes. It is YAML for
+people and a validated pydantic model for code; its version is a hash of its content, so
+every process can tell cheaply whether the one it cached is still current.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from services.errors import SightlineError
+
+DEFAULT_TEMPLATES = ["a photo of a {label}", "a product photo of a {label}"]
+_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+class InvalidTaxonomy(SightlineError):
+    """A taxonomy document that cannot be used; the message names the offending part."""
+
+    code = "invalid_taxonomy"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Label(_Strict):
+    """One label; without prompts of its own it uses its dimension's (or the default) templates."""
+
+    name: str = Field(min_length=1, max_length=100)
+    prompts: list[str] = Field(default_factory=list, max_length=256)
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class Dimension(_Strict):
+    """A facet such as colour: single-label (exactly one applies) or multi-label."""
+
+    name: str = Field(pattern=_NAME)
+    multi_label: bool = False
+    threshold: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Least probability for a label to be assigned (multi-label default 0.5; "
+        "single-label default: the best label is always assigned).",
+    )
+    templates: list[str] = Field(default_factory=list, max_length=64)
+    labels: list[Label] = Field(min_length=1, max_length=2000)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        """``labels: [red, blue]`` is short for ``[{name: red}, {name: blue}]``."""
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Dimension:
+        names = [label.name for label in self.labels]
+        if len(set(names)) != len(names):
+            raise ValueError(f"dimension {self.name!r} repeats a label name")
+        if not self.multi_label and len(names) < 2:
+            raise ValueError(f"single-label dimension {self.name!r} needs at least two labels")
+        return self
+
+    def label(self, name: str) -> Label:
+        """A label by name."""
+        return next(label for label in self.labels if label.name == name)
+
+
+class OcrFusion(_Strict):
+    """Whether text read from the image counts towards its tags, and how much."""
+
+    enabled: bool = False
+    weight: float = Field(default=2.0, ge=0.0, le=10.0)
+    min_confidence: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+class Taxonomy(_Strict):
+    """Dimensions of labels, with the prompt templates used where a label has no prompts."""
+
+    templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES), min_length=1)
+    ocr: OcrFusion = Field(default_factory=OcrFusion)
+    dimensions: list[Dimension] = Field(default_factory=list, max_length=64)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Taxonomy:
+        names = [d.name for d in self.dimensions]
+        if len(set(names)) != len(names):
+            raise ValueError("dimension names must be unique")
+        return self
+
+    def dimension(self, name: str) -> Dimension:
+        """A dimension by name."""
+        return next(d for d in self.dimensions if d.name == name)
+
+    def prompts(self, dimension: Dimension, label: Label) -> list[str]:
+        """The texts whose embeddings are averaged into the label's vector."""
+        texts = label.prompts or dimension.templates or self.templates
+        # str.replace, not str.format: prompts may contain other braces.
+        return [t.replace("{label}", label.name) for t in texts]
+
+    @property
+    def version(self) -> str:
+        """Content hash: equal documents share a version, any change gives a new one."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        """The document as YAML (what ``export`` writes)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for d in err.errors():
+        where = ".".join(str(p) for p in d["loc"]) or "taxonomy"
+        parts.append(f"{where}: {d['msg']}")
+    return "; ".join(parts)
+
+
+def taxonomy_from_data(data: Any) -> Taxonomy:
+    """Validate a parsed document.
+
+    Raises:
+        InvalidTaxonomy: naming each offending field.
+    """
+    if not isinstance(data, dict):
+        raise InvalidTaxonomy("a taxonomy must be a mapping with a 'dimensions' list")
+    try:
+        return Taxonomy.model_validate(data)
+    except ValidationError as e:
+        raise InvalidTaxonomy(f"invalid taxonomy: {_describe(e)}") from e
+
+
+def parse_taxonomy(text: str) -> Taxonomy:
+    """Parse YAML (JSON is YAML too).
+
+    Raises:
+        InvalidTaxonomy: not YAML, or not a valid taxonomy.
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InvalidTaxonomy(f"taxonomy is not valid YAML: {e}") from e
+    return taxonomy_from_data(data)

@@ -1,0 +1,337 @@
+"""Moderation: flagged set, quarantine on ingest, /moderate, review queue, audit, scans."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from PIL import Image
+
+from demo.synth import Product, render
+from services.audit import RedisAuditLog, SqliteAuditLog
+from services.moderation import (
+    EntryKind,
+    FlaggedEntry,
+    FlaggedSet,
+    _Snapshot,
+    hamming,
+    hash_variants,
+    phash,
+)
+from services.settings import ImageLimits, ModerationSettings
+from tests.api_fixtures import auth, settle
+from tests.servers import RedisServer
+
+
+def photo(seed: int, product: Product | None = None) -> Image.Image:
+    return render(product or Product("dress", "red", "striped"), seed, size=256)
+
+
+def jpeg(image: Image.Image, quality: int = 85) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def near_duplicate(image: Image.Image) -> bytes:
+    """Resized to 70%, mirrored and re-encoded at quality 50."""
+    w, h = image.size
+    small = image.resize((int(w * 0.7), int(h * 0.7))).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return jpeg(small, quality=50)
+
+
+def upload(client: FlaskClient, token: str, data: bytes, name: str) -> str:
+    r = client.post(
+        "/api/v1/images",
+        data={"files": [(io.BytesIO(data), name)]},
+        headers=auth(token),
+        content_type="multipart/form-data",
+    )
+    assert r.status_code == 202, r.json
+    return str(r.json["accepted"][0]["image_id"])
+
+
+def flag_file(client: FlaskClient, token: str, data: bytes, **form: str) -> dict:  # type: ignore[type-arg]
+    r = client.post(
+        "/api/v1/flagged",
+        data={"file": (io.BytesIO(data), "bad.jpg"), "category": "prohibited", **form},
+        headers=auth(token),
+        content_type="multipart/form-data",
+    )
+    assert r.status_code == 201, r.json
+    return dict(r.json)
+
+
+def test_hamming_and_hash_variants_against_bit_counts() -> None:
+    rng = np.random.default_rng(0)
+    hashes = rng.integers(0, 2**63, size=20, dtype=np.int64).astype(np.uint64)
+    a = int(rng.integers(0, 2**63))
+    assert hamming(a, hashes).tolist() == [bin(a ^ int(h)).count("1") for h in hashes]
+    image = photo(1)
+    variants = hash_variants(image)
+    assert phash(image) in variants
+    assert phash(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)) in variants
+    assert len(variants) >= 10
+
+
+def _entry(kind: EntryKind, threshold: float | None = None, category: str = "c") -> FlaggedEntry:
+    return FlaggedEntry(
+        id=f"{kind}-{category}", kind=kind, category=category, source="s", threshold=threshold
+    )
+
+
+def test_decision_rule_combines_embedding_and_phash(encoder) -> None:  # type: ignore[no-untyped-def]
+    policy = ModerationSettings(
+        image_threshold=0.9,
+        text_threshold=0.3,
+        category_thresholds={"weapons": 0.5},
+        phash_strong=6,
+        phash_weak=16,
+        borderline_margin=0.1,
+    )
+    flagged = FlaggedSet(encoder, None, "flagged", policy, ImageLimits())  # type: ignore[arg-type]
+    entry = _entry(EntryKind.IMAGE)
+    base = 0b1011 << 40
+    snap = _Snapshot([entry], np.array([[1.0, 0.0]]), [np.array([base], dtype=np.uint64)], 0.0)
+
+    def verdict(cos: float, bits: int):  # type: ignore[no-untyped-def]
+        vec = np.array([[cos, np.sqrt(1 - cos**2)]])
+        return flagged.check(vec, [base ^ ((1 << bits) - 1)], snap)[0]
+
+    assert verdict(0.95, 40).matches[0].signal == "embedding"
+    assert verdict(0.10, 6).matches[0].signal == "phash"  # strong hash alone
+    assert not verdict(0.10, 7).quarantined
+    assert verdict(0.81, 16).matches[0].signal == "phash+embedding"  # both borderline
+    assert not verdict(0.79, 16).quarantined  # cosine not borderline
+    assert not verdict(0.85, 17).quarantined  # hash too far
+    # Thresholds: entry's own, else its category's, else its kind's default.
+    assert flagged.threshold(_entry(EntryKind.IMAGE, 0.7)) == 0.7
+    assert flagged.threshold(_entry(EntryKind.TEXT, category="weapons")) == 0.5
+    assert flagged.threshold(_entry(EntryKind.TEXT)) == 0.3
+    # An approval for this entry clears it.
+    vec = np.array([[0.99, np.sqrt(1 - 0.99**2)]])
+    assert not flagged.check(vec, [base], snap, approved=[[entry.id]])[0].quarantined
+
+
+@pytest.fixture
+def flagged_catalog(
+    app: Flask, client: FlaskClient, tokens: dict[str, str]
+) -> Iterator[dict[str, str]]:
+    """One flagged photo, then a near-duplicate and an unrelated photo uploaded."""
+    bad = photo(7)
+    entry = flag_file(client, tokens["admin"], jpeg(bad, 95), note="known bad")
+    assert entry["scan_job_id"]
+    dup = upload(client, tokens["ingest"], near_duplicate(bad), "dup.jpg")
+    other = upload(
+        client, tokens["ingest"], jpeg(photo(8, Product("shoe", "blue", "plain"))), "ok.jpg"
+    )
+    settle(app)
+    yield {"entry": entry["entry"]["id"], "dup": dup, "other": other}
+
+
+def test_near_duplicate_is_quarantined_and_hidden_from_search_keys(
+    client: FlaskClient, tokens: dict[str, str], flagged_catalog: dict[str, str]
+) -> None:
+    search, admin = auth(tokens["search"]), auth(tokens["admin"])
+    dup, other = flagged_catalog["dup"], flagged_catalog["other"]
+    assert client.get(f"/api/v1/images/{dup}", headers=search).status_code == 404
+    assert client.get(f"/api/v1/images/{other}", headers=search).status_code == 200
+    payload = client.get(f"/api/v1/images/{dup}", headers=admin).json["payload"]
+    assert payload["moderation_status"] == "quarantined"
+    [match] = payload["moderation"]["matches"]
+    assert match["entry_id"] == flagged_catalog["entry"] and match["category"] == "prohibited"
+    assert match["phash_distance"] <= 10  # the hash sees the copy whatever the cosine
+    for h in (search, admin):
+        ids = {
+            x["image_id"]
+            for x in client.get("/api/v1/search?q=dress&k=10", headers=h).json["results"]
+        }
+        assert (dup in ids) is (h is admin) and other in ids
+    similar = client.get(f"/api/v1/images/{other}/similar", headers=search).json["results"]
+    assert dup not in {x["image_id"] for x in similar}
+    # Flagged entries are never search results, and the set is admin-only.
+    assert client.get("/api/v1/flagged", headers=search).status_code == 403
+    entries = client.get("/api/v1/flagged", headers=admin).json["entries"]
+    assert [e["id"] for e in entries] == [flagged_catalog["entry"]]
+    assert entries[0]["added_by"] == "key:admin-key" and entries[0]["note"] == "known bad"
+
+
+def test_moderate_checks_without_storing(
+    app: Flask, client: FlaskClient, tokens: dict[str, str], flagged_catalog: dict[str, str]
+) -> None:
+    store = app.extensions["sightline"].services.store
+    before = sorted(store.ids())
+    h = auth(tokens["ingest"])
+    r = client.post(
+        "/api/v1/moderate",
+        data={"file": (io.BytesIO(near_duplicate(photo(7)) + b""), "x.jpg")},
+        headers=h,
+        content_type="multipart/form-data",
+    )
+    assert r.status_code == 200, r.json
+    assert r.json["verdict"] == "quarantined" and r.json["category"] == "prohibited"
+    r = client.post(
+        "/api/v1/moderate",
+        data={"file": (io.BytesIO(jpeg(photo(99, Product("hat", "green", "dotted")))), "y.jpg")},
+        headers=h,
+        content_type="multipart/form-data",
+    )
+    assert r.json == {"verdict": "clear", "category": None, "matches": []}
+    r = client.post("/api/v1/moderate", json={"image_id": flagged_catalog["other"]}, headers=h)
+    assert r.json["verdict"] == "clear"
+    assert sorted(store.ids()) == before
+    r = client.post(
+        "/api/v1/moderate",
+        data={"file": (io.BytesIO(b"GIF89a broken"), "z.gif")},
+        headers=h,
+        content_type="multipart/form-data",
+    )
+    assert r.status_code in (415, 422)
+
+
+def test_approve_and_reject_with_audit_records(
+    app: Flask, client: FlaskClient, tokens: dict[str, str], flagged_catalog: dict[str, str]
+) -> None:
+    admin, search = auth(tokens["admin"]), auth(tokens["search"])
+    bad = photo(7)
+    second = upload(client, tokens["ingest"], jpeg(bad.resize((200, 200)), 70), "dup2.jpg")
+    settle(app)
+    queue = client.get("/api/v1/moderation/queue", headers=admin).json
+    assert queue["pending"] == 2
+    assert {i["image_id"] for i in queue["items"]} == {flagged_catalog["dup"], second}
+
+    r = client.post(
+        "/api/v1/moderation/decisions",
+        json={"image_ids": [flagged_catalog["dup"]], "action": "approve", "reason": "fine art"},
+        headers=admin,
+    )
+    assert r.status_code == 200 and r.json["results"][0]["ok"]
+    assert client.get(f"/api/v1/images/{flagged_catalog['dup']}", headers=search).status_code == 200
+    r = client.post(
+        "/api/v1/moderation/decisions",
+        json={
+            "image_ids": [second, "f" * 64],
+            "action": "reject",
+            "reason": "counterfeit",
+            "add_to_flagged": True,
+        },
+        headers=admin,
+    )
+    results = {x["image_id"]: x for x in r.json["results"]}
+    assert results[second]["ok"] and results[second]["flagged_entry"]
+    assert not results["f" * 64]["ok"]
+    assert client.get(f"/api/v1/images/{second}", headers=admin).status_code == 404
+    assert not app.extensions["sightline"].services.store.exists(second)
+    assert len(client.get("/api/v1/flagged", headers=admin).json["entries"]) == 2
+    assert client.get("/api/v1/moderation/queue", headers=admin).json["pending"] == 0
+
+    # A full rescan respects the approval: the entry the image was cleared of does not
+    # flag it again (the rejected copy's new entry is a different one, so it may).
+    r = client.post("/api/v1/flagged/scan", headers=admin)
+    settle(app)
+    payload = client.get(f"/api/v1/images/{flagged_catalog['dup']}", headers=admin).json["payload"]
+    assert flagged_catalog["entry"] in payload["moderation"]["approved_entries"]
+    matched = [m["entry_id"] for m in payload["moderation"]["matches"]]
+    assert matched.count(flagged_catalog["entry"]) == 1
+
+    events = client.get("/api/v1/moderation/audit?limit=50", headers=admin).json["events"]
+    actions = [(e["action"], e["target"]) for e in events]
+    assert ("approve", flagged_catalog["dup"]) in actions
+    assert ("reject", second) in actions
+    assert ("quarantine", second) in actions
+    assert ("flag.add", flagged_catalog["entry"]) in actions
+    reject = next(e for e in events if e["action"] == "reject")
+    assert reject["actor"] == "key:admin-key" and reject["reason"] == "counterfeit"
+    assert client.get("/api/v1/moderation/audit", headers=search).status_code == 403
+
+
+def test_growing_flagged_set_quarantines_existing_match_via_scan(
+    app: Flask, client: FlaskClient, tokens: dict[str, str]
+) -> None:
+    admin = auth(tokens["admin"])
+    original = photo(21, Product("bag", "yellow", "checked"))
+    existing = upload(client, tokens["ingest"], jpeg(original), "bag.jpg")
+    settle(app)
+    assert (
+        client.get(f"/api/v1/images/{existing}", headers=admin).json["payload"]["moderation_status"]
+        == "clear"
+    )
+    # A re-encoded, cropped copy of the existing image becomes a flagged entry.
+    w, h = original.size
+    crop = original.crop((int(w * 0.1), 0, w, int(h * 0.92)))
+    created = flag_file(client, tokens["admin"], jpeg(crop, 60))
+    settle(app)
+    job = client.get(f"/api/v1/jobs/{created['scan_job_id']}", headers=admin).json
+    assert job["kind"] == "moderation_scan" and job["state"] == "done"
+    payload = client.get(f"/api/v1/images/{existing}", headers=admin).json["payload"]
+    assert payload["moderation_status"] == "quarantined"
+    assert payload["moderation"]["matches"][0]["entry_id"] == created["entry"]["id"]
+    events = client.get(f"/api/v1/moderation/audit?target={existing}", headers=admin).json
+    assert events["events"][0]["actor"] == "system:scan"
+
+
+def test_text_concepts_edit_and_remove(
+    app: Flask, client: FlaskClient, tokens: dict[str, str]
+) -> None:
+    admin, ingest = auth(tokens["admin"]), auth(tokens["ingest"])
+    r = client.post(
+        "/api/v1/flagged",
+        json={"text": "a photo of a weapon", "category": "weapons", "threshold": -1.0},
+        headers=admin,
+    )
+    assert r.status_code == 201, r.json
+    entry = r.json["entry"]
+    assert entry["kind"] == "text" and entry["source"] == "a photo of a weapon"
+    probe = {"file": (io.BytesIO(jpeg(photo(3))), "p.jpg")}
+    r = client.post(
+        "/api/v1/moderate", data=probe, headers=ingest, content_type="multipart/form-data"
+    )
+    assert r.json["verdict"] == "quarantined" and r.json["matches"][0]["kind"] == "text"
+    r = client.patch(f"/api/v1/flagged/{entry['id']}", json={"threshold": 1.0}, headers=admin)
+    assert r.status_code == 200 and r.json["threshold"] == 1.0
+    probe = {"file": (io.BytesIO(jpeg(photo(3))), "p.jpg")}
+    r = client.post(
+        "/api/v1/moderate", data=probe, headers=ingest, content_type="multipart/form-data"
+    )
+    assert r.json["verdict"] == "clear"
+    assert client.delete(f"/api/v1/flagged/{entry['id']}", headers=admin).status_code == 200
+    assert client.delete(f"/api/v1/flagged/{entry['id']}", headers=admin).status_code == 404
+    r = client.post("/api/v1/flagged", json={"text": "x", "category": ""}, headers=admin)
+    assert r.status_code == 422
+    r = client.post(
+        "/api/v1/flagged", json={"text": "x", "url": "http://a", "category": "c"}, headers=admin
+    )
+    assert r.status_code == 422
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_audit_log_is_append_only_and_newest_first(kind: str, tmp_path: Path) -> None:
+    server = None
+    if kind == "redis":
+        server = RedisServer(tmp_path / "redis")
+        server.start()
+        log = RedisAuditLog(server.client())
+    else:
+        log = SqliteAuditLog(tmp_path / "audit.sqlite")
+    try:
+        for n in range(5):
+            log.record(
+                "key:alice", "approve" if n % 2 else "reject", f"img{n % 2}", f"r{n}", {"n": n}
+            )
+            time.sleep(0.002)
+        events = log.list(limit=10)
+        assert [e.details["n"] for e in events] == [4, 3, 2, 1, 0]
+        assert [e.reason for e in log.list(limit=2, target="img1")] == ["r3", "r1"]
+        if kind == "sqlite":  # durable: a new connection reads the same events
+            assert [e.id for e in SqliteAuditLog(tmp_path / "audit.sqlite").list()] == [
+                e.id for e in events
+            ]
+    finally:
+        if server is not None:
+            server.stop()
