@@ -298,7 +298,7 @@ def admin_create(
 ) -> None:
     """Create (or reset the password of) a dashboard admin account."""
     from services.accounts import InvalidAccount
-    from web.app import build_accounts
+    from services.container import build_accounts
 
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
@@ -315,7 +315,7 @@ def admin_create(
 @admin_app.command("list")
 def admin_list() -> None:
     """Dashboard account names."""
-    from web.app import build_accounts
+    from services.container import build_accounts
 
     for name in build_accounts(load_settings()).usernames():
         typer.echo(name)
@@ -335,7 +335,7 @@ def keys_create(
 ) -> None:
     """Create a key; its token is printed once and stored only as a hash."""
     from services.apikeys import Scope
-    from web.app import build_keys
+    from services.container import build_keys
 
     try:
         scopes = [Scope(s) for s in scope]
@@ -352,7 +352,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(as_json: JsonOpt = False) -> None:
     """Every key (no secrets)."""
-    from web.app import build_keys
+    from services.container import build_keys
 
     keys = [k.as_dict() for k in build_keys(load_settings()).list()]
     if as_json:
@@ -366,7 +366,7 @@ def keys_list(as_json: JsonOpt = False) -> None:
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id.")]) -> None:
     """Revoke a key at once."""
-    from web.app import build_keys
+    from services.container import build_keys
 
     build_keys(load_settings()).revoke(key_id)
     typer.echo(f"revoked {key_id}")
@@ -407,7 +407,8 @@ def demo(
     from demo.catalog import DEMO_MODEL, catalog_items, flagged_copies, flagged_examples
     from demo.taxonomy import demo_taxonomy
     from services.apikeys import Scope
-    from web.app import build_accounts, build_keys, create_app
+    from services.container import build_accounts, build_keys
+    from web.app import create_app
     from workers.runtime import build_runtime
 
     data_dir = os.environ.get("SIGHTLINE_DATA_DIR", "data/demo")

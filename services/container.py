@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from services.accounts import AccountStore, RedisAccountStore, SqliteAccountStore
+from services.apikeys import KeyStore, RedisKeyStore, SqliteKeyStore
 from services.audit import AuditLog, RedisAuditLog, SqliteAuditLog
 from services.encoder import Encoder
 from services.errors import IndexUnavailable
@@ -20,6 +24,9 @@ from services.store import ImageStore
 from services.tagging import Tagger
 from services.taxonomy import Taxonomy
 from services.thumbnails import ThumbnailStore
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 log = logging.getLogger(__name__)
 INDEXED_FIELDS = ("image_id", "moderation_status", "product_id")
@@ -60,22 +67,41 @@ def build_index(settings: Settings) -> VectorIndex:
     return EdgeIndex(settings.index_path, hnsw_ef=settings.index.hnsw_ef)
 
 
+@functools.cache
+def redis_client(url: str) -> Redis:
+    """One client, and so one connection pool, per broker URL in a process: every
+    Redis-backed store shares it (redis-py resets the pool itself after a fork)."""
+    import redis
+
+    return redis.Redis.from_url(url)
+
+
 def build_taxonomy_store(settings: Settings) -> TaxonomyStore:
     """Redis when there is a broker (every process reads it), else a file beside the data."""
-    if settings.queue.broker_url:
-        import redis
-
-        return RedisTaxonomyStore(redis.Redis.from_url(settings.queue.broker_url))
+    if url := settings.queue.broker_url:
+        return RedisTaxonomyStore(redis_client(url))
     return FileTaxonomyStore(settings.data_dir / "taxonomy.json")
 
 
 def build_audit_log(settings: Settings) -> AuditLog:
     """Redis stream with a broker (shared by every process), else SQLite beside the data."""
-    if settings.queue.broker_url:
-        import redis
-
-        return RedisAuditLog(redis.Redis.from_url(settings.queue.broker_url))
+    if url := settings.queue.broker_url:
+        return RedisAuditLog(redis_client(url))
     return SqliteAuditLog(settings.data_dir / "audit.sqlite")
+
+
+def build_keys(settings: Settings) -> KeyStore:
+    """Redis when there is a broker (shared by every process), else a SQLite file."""
+    if url := settings.queue.broker_url:
+        return RedisKeyStore(redis_client(url))
+    return SqliteKeyStore(settings.data_dir / "auth.sqlite")
+
+
+def build_accounts(settings: Settings) -> AccountStore:
+    """Dashboard accounts beside the API keys: Redis with a broker, else SQLite."""
+    if url := settings.queue.broker_url:
+        return RedisAccountStore(redis_client(url))
+    return SqliteAccountStore(settings.data_dir / "auth.sqlite")
 
 
 def build_encoder(settings: Settings) -> Encoder:

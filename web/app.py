@@ -12,8 +12,9 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFProtect
 
-from services.accounts import AccountStore, RedisAccountStore, SqliteAccountStore
-from services.apikeys import KeyStore, RedisKeyStore, SqliteKeyStore
+from services.accounts import AccountStore
+from services.apikeys import KeyStore
+from services.container import build_accounts, build_keys
 from services.errors import ConfigError
 from services.settings import Settings, load_settings
 from web import admin, api, health, moderation_api
@@ -29,24 +30,6 @@ CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
     "object-src 'none'; base-uri 'self'; frame-ancestors 'none'; form-action 'self'"
 )
-
-
-def build_keys(settings: Settings) -> KeyStore:
-    """Redis when there is a broker (shared by every process), else a SQLite file."""
-    if settings.queue.broker_url:
-        import redis
-
-        return RedisKeyStore(redis.Redis.from_url(settings.queue.broker_url))
-    return SqliteKeyStore(settings.data_dir / "auth.sqlite")
-
-
-def build_accounts(settings: Settings) -> AccountStore:
-    """Dashboard accounts beside the API keys: Redis with a broker, else SQLite."""
-    if settings.queue.broker_url:
-        import redis
-
-        return RedisAccountStore(redis.Redis.from_url(settings.queue.broker_url))
-    return SqliteAccountStore(settings.data_dir / "auth.sqlite")
 
 
 def _rate_key() -> str:

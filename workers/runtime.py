@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.container import Services, build_services
+from services.container import Services, build_services, redis_client
 from services.jobs import JobStore, MemoryJobStore, RedisJobStore
 from services.pipeline import Pipeline
 from services.settings import Settings
@@ -44,11 +44,9 @@ def build_runtime(settings: Settings, services: Services | None = None) -> Runti
     dispatcher: CeleryDispatcher | InProcessDispatcher
     jobs: JobStore
     if q.broker_url:
-        import redis
-
         from workers.celery_app import create_celery
 
-        jobs = RedisJobStore(redis.Redis.from_url(q.broker_url))
+        jobs = RedisJobStore(redis_client(q.broker_url))
         dispatcher = CeleryDispatcher(create_celery(settings))
     else:
         jobs = MemoryJobStore()
