@@ -187,17 +187,21 @@ def render(product: Product, seed: int, size: int = 256) -> Image.Image:
     return canvas
 
 
-def caption_variants(product: Product, rng: random.Random) -> str:
-    """A training caption: one of several phrasings of the same facts."""
+def caption_phrasings(product: Product) -> list[str]:
+    """Every phrasing of a product's full caption that training uses."""
     c, col, p = product.category, product.colour, product.pattern
-    templates = [
+    return [
         f"a photo of a {col} {p} {c}",
         f"a {col} {p} {c}",
         f"{col} {p} {c}",
         f"a product photo of a {col} {p} {c}",
         f"a photo of a {p} {col} {c}",
     ]
-    return rng.choice(templates)
+
+
+def caption_variants(product: Product, rng: random.Random) -> str:
+    """A training caption: one of several phrasings of the same facts."""
+    return rng.choice(caption_phrasings(product))
 
 
 def title(product: Product, rng: random.Random) -> str:

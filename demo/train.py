@@ -1,6 +1,6 @@
-"""Train the demo CLIP on generated product photos, on CPU, in a few minutes.
+"""Train the demo CLIP on generated product photos, on CPU.
 
-    .venv/bin/python -m demo.train [--minutes 8] [--out models/sightline-demo-clip]
+    .venv/bin/python -m demo.train [--steps 3450 | --minutes 12.5] [--out models/sightline-demo-clip]
 
 Contrastive (CLIP) training with soft targets: two images of the same category x colour x
 pattern in a batch are both positives for either caption. About 10% of the combinations
@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
+import os
 import random
 import re
 import sys
@@ -31,6 +33,7 @@ from demo.synth import (
     PATTERNS,
     Product,
     all_products,
+    caption_phrasings,
     caption_variants,
     held_out,
     render,
@@ -70,9 +73,33 @@ def to_tensor(images: list[Image.Image]) -> torch.Tensor:
     return (torch.from_numpy(arr).permute(0, 3, 1, 2) - MEAN) / STD
 
 
-def draw(product: Product, seed: int) -> Image.Image:
-    """A training image: drawn at 96 px, downsampled with the processor's bicubic filter."""
-    return render(product, seed, size=DRAW).resize((IMAGE, IMAGE), Image.Resampling.BICUBIC)
+def draw(product: Product, seed: int, size: int = DRAW) -> Image.Image:
+    """A training image: drawn at ``size`` px, downsampled with the processor's bicubic filter."""
+    return render(product, seed, size=size).resize((IMAGE, IMAGE), Image.Resampling.BICUBIC)
+
+
+def _draw_job(job: tuple[Product, int, int]) -> np.ndarray:
+    return np.asarray(draw(*job), dtype=np.uint8)
+
+
+def training_images(
+    products: list[Product], labels: list[int], sizes: list[int], seed: int, workers: int
+) -> torch.Tensor:
+    """Pre-drawn training pixels, each image at a size drawn from ``sizes``.
+
+    Catalog photos are drawn at 256 px and shrunk by the processor; lines, outlines and
+    pattern steps alias differently at each drawing size, so training on one size alone
+    leaves a gap between training and real use.
+    """
+    rng = random.Random(seed)
+    jobs = [(products[lab], seed + i, rng.choice(sizes)) for i, lab in enumerate(labels)]
+    if workers > 1:
+        with multiprocessing.Pool(workers) as pool:
+            arrays = pool.map(_draw_job, jobs, chunksize=256)
+    else:
+        arrays = [_draw_job(job) for job in jobs]
+    arr = np.stack(arrays).astype(np.float32) / 255.0
+    return (torch.from_numpy(arr).permute(0, 3, 1, 2) - MEAN) / STD
 
 
 def partial_caption(product: Product, rng: random.Random) -> tuple[str, dict[str, str]]:
@@ -88,6 +115,35 @@ def partial_caption(product: Product, rng: random.Random) -> tuple[str, dict[str
         return f"a photo of a {product.colour} {product.category}", pair
     pair = {"category": product.category, "pattern": product.pattern}
     return f"a photo of a {product.pattern} {product.category}", pair
+
+
+class CaptionBank:
+    """Every training caption tokenised once, padded to one length.
+
+    Tokenising 128 captions per step costs as much as a layer of the model on two cores,
+    and one fixed sequence length keeps every step's shapes the same.
+    """
+
+    def __init__(self, tokenizer, products: list[Product]) -> None:  # type: ignore[no-untyped-def]
+        captions: set[str] = set()
+        for p in products:
+            captions.update(caption_phrasings(p))
+            captions.update(
+                {
+                    f"a photo of a {p.category}",
+                    f"a photo of a {p.colour} {p.category}",
+                    f"a photo of a {p.pattern} {p.category}",
+                }
+            )
+        ordered = sorted(captions)
+        self.row = {c: i for i, c in enumerate(ordered)}
+        tokens = tokenizer(ordered, padding=True, return_tensors="pt")
+        self.ids = tokens["input_ids"]
+        self.mask = tokens["attention_mask"]
+
+    def batch(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.tensor([self.row[c] for c in captions])
+        return self.ids[rows], self.mask[rows]
 
 
 def make_model(vocab_size: int, bos: int, eos: int, patch: int = 16) -> CLIPModel:
@@ -117,9 +173,11 @@ def make_model(vocab_size: int, bos: int, eos: int, patch: int = 16) -> CLIPMode
 
 
 def evaluate(model: CLIPModel, tokenizer, n: int, seed: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    """Zero-shot top-1 per attribute over all 320 canonical captions, seen and held-out."""
+    """Zero-shot top-1 per attribute over all 320 canonical captions, seen and held-out,
+    on 256-px photos as the catalog draws them."""
+    device = model.logit_scale.device
     products = all_products()
-    prompts = tokenizer([p.caption for p in products], padding=True, return_tensors="pt")
+    prompts = tokenizer([p.caption for p in products], padding=True, return_tensors="pt").to(device)
     hold = held_out()
     rng = random.Random(seed)
     results: dict[str, float] = {}
@@ -131,7 +189,7 @@ def evaluate(model: CLIPModel, tokenizer, n: int, seed: int) -> dict[str, float]
             ("held_out", sorted(hold, key=str)),
         ):
             truth = [rng.choice(pool) for _ in range(n)]
-            images = to_tensor([draw(p, seed + i) for i, p in enumerate(truth)])
+            images = to_tensor([draw(p, seed + i, 256) for i, p in enumerate(truth)]).to(device)
             img = F.normalize(model.get_image_features(pixel_values=images).pooler_output, dim=-1)
             best = (img @ text.T).argmax(dim=1).tolist()
             for attr in ("category", "colour", "pattern"):
@@ -144,16 +202,82 @@ def evaluate(model: CLIPModel, tokenizer, n: int, seed: int) -> dict[str, float]
     return results
 
 
+def contrastive_loss(model: CLIPModel):  # type: ignore[no-untyped-def]
+    """CLIP loss with soft targets: ``match`` marks every caption an image satisfies."""
+
+    def loss(
+        images: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, match: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        img = F.normalize(model.get_image_features(pixel_values=images).pooler_output, dim=-1)
+        txt = F.normalize(
+            model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output, dim=-1
+        )
+        scale = model.logit_scale.exp().clamp(max=100)
+        logits = scale * img @ txt.T
+        image_targets = match / match.sum(dim=1, keepdim=True)
+        text_targets = match.T / match.T.sum(dim=1, keepdim=True)
+        both = F.cross_entropy(logits, image_targets) + F.cross_entropy(logits.T, text_targets)
+        return both / 2, scale
+
+    return loss
+
+
+ATTRIBUTES = ("category", "colour", "pattern")
+_VALUES = {"category": CATEGORIES, "colour": list(COLOURS), "pattern": PATTERNS}
+
+
+def attribute_codes(facts: list[dict[str, str]]) -> torch.Tensor:
+    """(n, 3) attribute indices of what each caption states; -1 where it says nothing."""
+    return torch.tensor(
+        [[_VALUES[a].index(f[a]) if a in f else -1 for a in ATTRIBUTES] for f in facts]
+    )
+
+
+def positives(images: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+    """match[i, j] = 1 where image i has every attribute caption j states."""
+    agree = (captions[None, :, :] == -1) | (captions[None, :, :] == images[:, None, :])
+    return agree.all(dim=-1).float()
+
+
+def sample_batch(
+    rng: random.Random,
+    n_images: int,
+    size: int,
+    lookalike: float,
+    by_look: dict[tuple[str, str], list[int]],
+    look_of: list[tuple[str, str]],
+) -> list[int]:
+    """Random image indices; a ``lookalike`` share comes in groups of four that share colour
+    and pattern, so only the shape tells the captions apart."""
+    batch: list[int] = []
+    grouped = int(size * lookalike)
+    while len(batch) < grouped:
+        first = rng.randrange(n_images)
+        batch += [first, *rng.sample(by_look[look_of[first]], 3)]
+    batch = batch[:grouped]
+    batch += [rng.randrange(n_images) for _ in range(size - len(batch))]
+    return batch
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--minutes", type=float, default=8.0, help="training time budget")
-    parser.add_argument("--images", type=int, default=24000, help="pre-generated training images")
+    parser.add_argument("--minutes", type=float, help="a time budget instead of a step budget")
+    parser.add_argument("--steps", type=int, default=3450, help="optimiser steps")
+    parser.add_argument("--images", type=int, default=20000, help="pre-generated training images")
+    parser.add_argument(
+        "--sizes", default="96,128,192,256", help="drawing sizes (px), comma-separated"
+    )
+    parser.add_argument("--lookalike", type=float, default=0.25, help="share of look-alike groups")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--patch", type=int, default=16, help="ViT patch size (64 px input)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the loss step")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--eval-n", type=int, default=400, help="evaluation images per split")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
@@ -163,50 +287,52 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = build_tokenizer(vocabulary())
     vocab = tokenizer.get_vocab()
     model = make_model(len(vocab), vocab["<|startoftext|>"], vocab["<|endoftext|>"], args.patch)
+    model.to(args.device)
     hold = held_out()
     train_products = [p for p in all_products() if p not in hold]
 
     print(f"generating {args.images} training images...", file=sys.stderr)
     labels = [rng.randrange(len(train_products)) for _ in range(args.images)]
-    pixels = to_tensor([draw(train_products[lab], 10_000_000 + i) for i, lab in enumerate(labels)])
-    label_t = torch.tensor(labels)
+    sizes = [int(x) for x in args.sizes.split(",")]
+    pixels = training_images(train_products, labels, sizes, 10_000_000, args.workers)
+    pixels = pixels.to(args.device)
+    image_products = [train_products[lab] for lab in labels]
+    image_codes = attribute_codes([vars(p) for p in image_products])
+    look_of = [(p.colour, p.pattern) for p in image_products]
+    by_look: dict[tuple[str, str], list[int]] = {}
+    for i, look in enumerate(look_of):
+        by_look.setdefault(look, []).append(i)
     print(f"data ready in {time.perf_counter() - started:.0f}s; training", file=sys.stderr)
 
+    bank = CaptionBank(tokenizer, train_products)
+    loss_fn = contrastive_loss(model)
+    if args.compile:
+        loss_fn = torch.compile(loss_fn)
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
-    budget = args.minutes * 60
+    budget = args.minutes * 60 if args.minutes else None
     train_start = time.perf_counter()
     step = 0
-    while (elapsed := time.perf_counter() - train_start) < budget:
-        progress = elapsed / budget
+    while True:
+        elapsed = time.perf_counter() - train_start
+        progress = elapsed / budget if budget else step / args.steps
+        if progress >= 1:
+            break
         lr = args.lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * progress))
         for group in optimiser.param_groups:
             group["lr"] = lr
-        batch = torch.randint(0, args.images, (args.batch,))
+        batch = sample_batch(rng, args.images, args.batch, args.lookalike, by_look, look_of)
         images = pixels[batch]
         if rng.random() < 0.5:
             images = images.flip(-1)
-        lab = label_t[batch]
         # Captions name all three attributes or only some; an image is a positive for every
         # caption it satisfies. Partial captions ("a photo of a dress") give the shape a
         # signal of its own instead of leaving it to ride on colour.
-        products_b = [train_products[int(x)] for x in lab]
-        facts = [partial_caption(p, rng) for p in products_b]
-        tokens = tokenizer([f[0] for f in facts], padding=True, return_tensors="pt")
-        img = F.normalize(model.get_image_features(pixel_values=images).pooler_output, dim=-1)
-        txt = F.normalize(model.get_text_features(**tokens).pooler_output, dim=-1)
-        match = torch.tensor(
-            [
-                [float(all(getattr(p, k) == v for k, v in f[1].items())) for f in facts]
-                for p in products_b
-            ]
+        facts = [partial_caption(image_products[i], rng) for i in batch]
+        ids, mask = bank.batch([f[0] for f in facts])
+        match = positives(image_codes[batch], attribute_codes([f[1] for f in facts]))
+        loss, scale = loss_fn(
+            images, ids.to(args.device), mask.to(args.device), match.to(args.device)
         )
-        scale = model.logit_scale.exp().clamp(max=100)
-        logits = scale * img @ txt.T
-        image_targets = match / match.sum(dim=1, keepdim=True)
-        text_targets = match.T / match.T.sum(dim=1, keepdim=True)
-        loss = (
-            F.cross_entropy(logits, image_targets) + F.cross_entropy(logits.T, text_targets)
-        ) / 2
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -217,18 +343,21 @@ def main(argv: list[str] | None = None) -> int:
             )
         step += 1
 
-    metrics = evaluate(model, tokenizer, n=400, seed=20_000_000)
+    metrics: dict[str, object] = dict(evaluate(model, tokenizer, n=args.eval_n, seed=20_000_000))
     metrics.update(
         {
             "steps": step,
             "batch": args.batch,
             "train_images": args.images,
+            "draw_sizes": sizes,
+            "lookalike": args.lookalike,
             "train_minutes": round((time.perf_counter() - train_start) / 60, 2),
             "total_minutes": round((time.perf_counter() - started) / 60, 2),
         }
     )
     print(json.dumps(metrics, indent=2))
     args.out.mkdir(parents=True, exist_ok=True)
+    model.cpu()
     model.save_pretrained(args.out)
     processor = CLIPProcessor(
         image_processor=CLIPImageProcessorPil(
