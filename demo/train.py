@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from demo.synth import (
     CATEGORIES,
@@ -142,8 +141,12 @@ class CaptionBank:
         self.mask = tokens["attention_mask"]
 
     def batch(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and mask, trimmed to the batch's longest caption: the text tower is
+        causal, so trailing padding changes nothing but the step's cost."""
         rows = torch.tensor([self.row[c] for c in captions])
-        return self.ids[rows], self.mask[rows]
+        mask = self.mask[rows]
+        length = int(mask.sum(dim=1).max())
+        return self.ids[rows, :length], mask[:, :length]
 
 
 def make_model(vocab_size: int, bos: int, eos: int, patch: int = 16) -> CLIPModel:
@@ -264,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--minutes", type=float, help="a time budget instead of a step budget")
-    parser.add_argument("--steps", type=int, default=3450, help="optimiser steps")
+    parser.add_argument("--steps", type=int, default=4500, help="optimiser steps")
     parser.add_argument("--images", type=int, default=20000, help="pre-generated training images")
     parser.add_argument(
         "--sizes", default="96,128,192,256", help="drawing sizes (px), comma-separated"
@@ -359,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     model.cpu()
     model.save_pretrained(args.out)
+    # Imported here: the PIL image processor is only needed to write the model folder.
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
     processor = CLIPProcessor(
         image_processor=CLIPImageProcessorPil(
             size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE}
