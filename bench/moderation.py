@@ -1,7 +1,8 @@
 """Moderation quality: near-duplicates of flagged images caught, unrelated images left alone.
 
 Generated data, the demo model (real embeddings of this synthetic world), and the
-production check (``FlaggedSet.check_bytes``: decode at model scale, embed, pHash):
+production check (``FlaggedSet.check_bytes``: decode at model scale, embed, pHash, aligned
+colour layout):
 
 - flagged: ``--flagged`` product photos added to the flagged set;
 - near-duplicates: each flagged photo under each transformation: JPEG re-encode at quality
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--image-threshold",
         type=float,
-        default=0.99,
+        default=0.995,
         help="cosine threshold for image entries; the demo model puts any two photos of its "
         "small synthetic world close together, so it needs a stricter one than real CLIP",
     )
@@ -173,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"flagged set: {args.flagged} images ({add_s / args.flagged * 1000:.1f} ms each to add); "
         f"model {DEMO_MODEL.name}; thresholds image {policy.image_threshold}, pHash strong "
-        f"{policy.phash_strong} / weak {policy.phash_weak} (margin {policy.borderline_margin})"
+        f"{policy.phash_strong} / weak {policy.phash_weak} (margin {policy.borderline_margin}), "
+        f"layout {policy.layout_threshold} (floor {policy.layout_floor}, "
+        f"{policy.layout_candidates} candidates)"
     )
     print(
         table(
@@ -184,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     base = max(totals["emb"], 1)
     print(
         f"\ncombined recall vs embedding only: {totals['combined'] / base:.2f}x; "
-        f"check latency {check_s / checked * 1000:.1f} ms/image (decode + embed + pHash + compare)"
+        f"check latency {check_s / checked * 1000:.1f} ms/image (decode + embed + pHash + layout "
+        "+ compare)"
     )
     index.close()
     return 0

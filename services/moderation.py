@@ -1,6 +1,6 @@
 """Content moderation by similarity to a flagged set, with a perceptual-hash backstop.
 
-Two signals decide whether an image resembles a flagged entry:
+Three signals decide whether an image resembles a flagged entry:
 
 - **Embedding**: cosine between the image and the entry's vector (an image's embedding,
   or a text concept's, e.g. "a photo of a weapon"), against the entry's threshold, else
@@ -9,13 +9,21 @@ Two signals decide whether an image resembles a flagged entry:
 - **pHash** (image entries only): Hamming distance between the image's 64-bit DCT
   perceptual hash and the entry's. An entry stores the hashes of its image, its mirror
   image and eight crops, so flipped and cropped copies land near one of them.
+- **Aligned colour layout** (image entries only, ``services.layout``): the share of a
+  grid of mean colours that agrees between the image and the best-aligned crop or mirror
+  of the entry's thumbnail. It is computed for the entries nearest by hash (distance at
+  most ``phash_weak``) and those whose colour histograms share the most with the
+  image's (at least ``colour_candidate``), at most ``layout_candidates`` of each.
 
-An image is quarantined by an entry when the cosine reaches the threshold, or the pHash
-distance is at most ``phash_strong``, or the distance is at most ``phash_weak`` *and*
-the cosine is within ``borderline_margin`` of the threshold. The hash catches re-encoded,
-resized, lightly cropped or captioned copies whose embedding moved; the embedding
-catches what is semantically the same but pixel-different; the middle rule lets each
-vouch for the other when both are borderline.
+An image is quarantined by an entry when the cosine reaches the threshold ("embedding");
+or the aligned layout agrees on at least ``layout_threshold`` of its cells ("layout": a
+copy, however cropped, captioned or mirrored); or the pHash distance is at most
+``phash_strong`` ("phash"), or at most ``phash_weak`` with the cosine borderline
+("phash+embedding"), where in both hash rules the layout, if it was computed, must agree
+on at least ``layout_floor``: a hash collision between two different photos of similar
+scenes is common, a collision whose colours also sit in the same places is not. The
+embedding catches what is semantically the same but pixel-different; hash and layout
+catch copies whose embedding moved.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import io
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -40,6 +48,14 @@ from services.encoder import Encoder
 from services.errors import NotFound, SightlineError
 from services.images import decode_image
 from services.index.base import PointData, Record, VectorIndex
+from services.layout import (
+    BINS,
+    colour_histogram,
+    decode_layout,
+    encode_layout,
+    layout_score,
+    layout_thumbnail,
+)
 from services.settings import ImageLimits, ModerationSettings
 from services.store import ImageStore
 
@@ -106,6 +122,7 @@ class FlaggedEntry:
     phashes: list[str] = field(default_factory=list)
     thumbnail: str = ""  # a small JPEG data URI of a flagged image, for reviewers
     original: str = ""  # sha256 of the flagged image in the flagged originals store
+    layout: str = ""  # colour thumbnail for the aligned-layout check (services.layout)
 
     def payload(self) -> dict[str, Any]:
         """What the ``flagged`` collection stores."""
@@ -129,12 +146,13 @@ class FlaggedEntry:
             phashes=list(p.get("phashes") or []),
             thumbnail=str(p.get("thumbnail", "")),
             original=str(p.get("original", "")),
+            layout=str(p.get("layout", "")),
         )
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form for the API (hashes left out: they are internal)."""
         data = self.payload()
-        for internal in ("phashes", "thumbnail", "original"):
+        for internal in ("phashes", "thumbnail", "original", "layout"):
             data.pop(internal)
         return data
 
@@ -149,7 +167,8 @@ class Match:
     score: float
     threshold: float
     phash_distance: int | None
-    signal: str  # embedding | phash | phash+embedding
+    signal: str  # embedding | layout | phash | phash+embedding
+    layout: float | None = None  # aligned-layout agreement, where it was computed
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form, stored in the image payload and returned by the API."""
@@ -196,6 +215,8 @@ class _Snapshot:
     vectors: np.ndarray  # (entries, dim)
     hashes: list[np.ndarray]  # per entry, uint64 (empty for text entries)
     taken: float
+    layouts: list[np.ndarray | None] = field(default_factory=list)  # per entry, if any
+    colours: np.ndarray | None = None  # (entries, bins) colour histograms, zero if no layout
 
 
 class FlaggedSet:
@@ -257,6 +278,7 @@ class FlaggedSet:
             phashes=[f"{h:016x}" for h in hash_variants(decoded.image)],
             thumbnail=_data_uri(decoded.image),
             original=original,
+            layout=encode_layout(layout_thumbnail(decoded.image)),
         )
         return self._put(entry, vector)
 
@@ -348,7 +370,13 @@ class FlaggedSet:
             else np.zeros((0, size), dtype=np.float32)
         )
         hashes = [np.array([int(h, 16) for h in e.phashes], dtype=np.uint64) for e in entries]
-        return _Snapshot(entries, vectors, hashes, time.monotonic())
+        layouts = [decode_layout(e.layout) for e in entries]
+        colours = (
+            np.stack([colour_histogram(t) if t is not None else np.zeros(BINS**3) for t in layouts])
+            if layouts
+            else None
+        )
+        return _Snapshot(entries, vectors, hashes, time.monotonic(), layouts, colours)
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -368,10 +396,14 @@ class FlaggedSet:
         hashes: Sequence[int],
         snapshot: _Snapshot | None = None,
         approved: Sequence[Sequence[str]] | None = None,
+        layout_of: Callable[[int], np.ndarray | None] | None = None,
     ) -> list[Verdict]:
         """Verdicts for images given their vectors and pHashes.
 
         ``approved`` lists, per image, entries a reviewer already cleared it of.
+        ``layout_of(i)`` gives image i's layout thumbnail when the caller has its pixels
+        (called once per image while the set holds image entries with layouts); without
+        it, or when it returns None, the layout signal is skipped.
         """
         snap = snapshot or self.snapshot()
         n = len(hashes)
@@ -380,39 +412,96 @@ class FlaggedSet:
         cos = np.asarray(vectors, dtype=np.float64).reshape(n, -1) @ snap.vectors.T.astype(
             np.float64
         )
-        p = self.policy
+        thresholds = [self.threshold(e) for e in snap.entries]
         verdicts = []
         for i in range(n):
             cleared = set(approved[i]) if approved is not None else set()
+            dists = [int(hamming(hashes[i], h).min()) if len(h) else None for h in snap.hashes]
+            layouts = self._layout_scores(i, dists, snap, cleared, layout_of)
             matches = []
             for j, entry in enumerate(snap.entries):
                 if entry.id in cleared:
                     continue
-                thr = self.threshold(entry)
-                score = float(cos[i, j])
-                dist = (
-                    int(hamming(hashes[i], snap.hashes[j]).min()) if len(snap.hashes[j]) else None
-                )
-                signal = None
-                if score >= thr:
-                    signal = "embedding"
-                elif dist is not None and dist <= p.phash_strong:
-                    signal = "phash"
-                elif (
-                    dist is not None and dist <= p.phash_weak and score >= thr - p.borderline_margin
-                ):
-                    signal = "phash+embedding"
+                signal = self._signal(float(cos[i, j]), thresholds[j], dists[j], layouts.get(j))
                 if signal is not None:
                     matches.append(
-                        Match(entry.id, entry.category, entry.kind.value, score, thr, dist, signal)
+                        Match(
+                            entry.id,
+                            entry.category,
+                            entry.kind.value,
+                            float(cos[i, j]),
+                            thresholds[j],
+                            dists[j],
+                            signal,
+                            layouts.get(j),
+                        )
                     )
             matches.sort(key=lambda m: (m.phash_distance is None, -m.score))
             verdicts.append(Verdict(bool(matches), matches, hashes[i]))
         return verdicts
 
+    def _layout_scores(
+        self,
+        i: int,
+        dists: list[int | None],
+        snap: _Snapshot,
+        cleared: set[str],
+        layout_of: Callable[[int], np.ndarray | None] | None,
+    ) -> dict[int, float]:
+        """Aligned-layout scores of image i against two kinds of flagged image: those
+        within ``phash_weak`` by hash (so the layout can confirm or refute the hash) and
+        those whose colour histograms share the most with its own (at least
+        ``colour_candidate``), at most ``layout_candidates`` of each."""
+        p = self.policy
+        if layout_of is None or p.layout_candidates == 0 or snap.colours is None:
+            return {}
+        usable = [
+            j
+            for j, layout in enumerate(snap.layouts)
+            if layout is not None and snap.entries[j].id not in cleared
+        ]
+        near = sorted(
+            (j for j in usable if (d := dists[j]) is not None and d <= p.phash_weak),
+            key=lambda j: dists[j] or 0,
+        )[: p.layout_candidates]
+        image = layout_of(i) if usable else None
+        if image is None:
+            return {}
+        shared = np.minimum(snap.colours, colour_histogram(image)[None, :]).sum(axis=1)
+        alike = sorted(
+            (j for j in usable if shared[j] >= p.colour_candidate), key=lambda j: -shared[j]
+        )[: p.layout_candidates]
+        out: dict[int, float] = {}
+        for j in dict.fromkeys([*near, *alike]):
+            flagged = snap.layouts[j]
+            assert flagged is not None
+            out[j] = round(layout_score(image, flagged), 4)
+        return out
+
+    def _signal(
+        self, score: float, threshold: float, dist: int | None, layout: float | None
+    ) -> str | None:
+        """Which rule, if any, makes one image match one entry (module docstring)."""
+        p = self.policy
+        if score >= threshold:
+            return "embedding"
+        if layout is not None and layout >= p.layout_threshold:
+            return "layout"
+        if dist is None or (layout is not None and layout < p.layout_floor):
+            return None
+        if dist <= p.phash_strong:
+            return "phash"
+        if dist <= p.phash_weak and score >= threshold - p.borderline_margin:
+            return "phash+embedding"
+        return None
+
     def check_images(self, images: Sequence[Image.Image], vectors: np.ndarray) -> list[Verdict]:
         """Verdicts for decoded images with their vectors (ingest)."""
-        return self.check(vectors, [phash(im) for im in images])
+        return self.check(
+            vectors,
+            [phash(im) for im in images],
+            layout_of=lambda i: layout_thumbnail(images[i]),
+        )
 
     def check_bytes(self, data: bytes) -> Verdict:
         """Check an image that is not stored (``/moderate``).
@@ -422,7 +511,8 @@ class FlaggedSet:
         """
         decoded = decode_image(data, self.limits, min_side=self.encoder.input_size)
         vector = self.encoder.encode_images([decoded.image])[0]
-        return self.check(vector[None, :], [phash(decoded.image)])[0]
+        thumbnail = layout_thumbnail(decoded.image)
+        return self.check(vector[None, :], [phash(decoded.image)], layout_of=lambda _: thumbnail)[0]
 
 
 def audit_quarantines(

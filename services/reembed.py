@@ -14,6 +14,7 @@ from services.errors import InvalidImage, NotFound
 from services.images import decode_image
 from services.index.base import PointData, VectorIndex
 from services.jobs import JobStore, State
+from services.layout import encode_layout, layout_thumbnail
 from services.settings import ImageLimits
 from services.store import ImageStore
 
@@ -102,6 +103,7 @@ def _reembed_flagged(
         records, offset = index.scroll(f"{source_prefix}flagged", limit=64, offset=offset)
         points = []
         for r in records:
+            payload = dict(r.payload)
             if r.payload.get("kind") == "text":
                 vector = target.encode_texts([str(r.payload.get("source", ""))])[0]
             elif originals is not None:
@@ -111,9 +113,12 @@ def _reembed_flagged(
                 except (NotFound, InvalidImage):
                     continue
                 vector = target.encode_images([image])[0]
+                # Entries flagged before layouts were kept gain one here.
+                if not payload.get("layout"):
+                    payload["layout"] = encode_layout(layout_thumbnail(image))
             else:
                 continue
-            points.append(PointData(r.id, vector, r.payload))
+            points.append(PointData(r.id, vector, payload))
         if points:
             index.upsert(f"{target_prefix}flagged", points)
         if offset is None:

@@ -9,6 +9,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from services.ids import is_image_id, point_id
 from services.images import decode_image
 from services.index.base import PayloadFilter, Record, VectorIndex
 from services.jobs import SCAN_ITEM, JobStore, State
+from services.layout import layout_thumbnail
 from services.moderation import (
     APPROVED,
     QUARANTINED,
@@ -206,7 +208,13 @@ class ReviewService:
                 (r.payload.get("moderation") or {}).get("approved_entries", []) for r in records
             ]
             vectors = np.stack([np.asarray(r.vector, dtype=np.float32) for r in records])
-            verdicts = self.flagged.check(vectors, hashes, snap, approved)
+            verdicts = self.flagged.check(
+                vectors,
+                hashes,
+                snap,
+                approved,
+                layout_of=partial(self._layout_of, records),
+            )
             for r, v in zip(records, verdicts, strict=True):
                 image_id = str(r.payload.get("image_id"))
                 if v.quarantined:
@@ -228,6 +236,16 @@ class ReviewService:
             return 0
         self.index.set_payload(self.collection, [record.id], {"phash": f"{value:016x}"})
         return value
+
+    def _layout_of(self, records: Sequence[Record], i: int) -> np.ndarray | None:
+        """Image i's layout thumbnail, from its original (read only for images that a
+        flagged entry is near)."""
+        record = records[i]
+        try:
+            data = self.store.get(str(record.payload.get("image_id")))
+            return layout_thumbnail(decode_image(data, self.flagged.limits).image)
+        except (NotFound, InvalidImage):
+            return None
 
     def _quarantine(self, record: Record, verdict: Verdict) -> int:
         moderation = dict(record.payload.get("moderation") or {})

@@ -131,6 +131,21 @@ class ModerationSettings(BaseModel):
         le=2.0,
         description="How far below its threshold a cosine is borderline.",
     )
+    colour_candidate: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Colour-histogram overlap that makes an entry a layout candidate.",
+    )
+    layout_candidates: int = Field(
+        default=4, ge=0, le=64, description="Entries per image given the aligned-layout check."
+    )
+    layout_threshold: float = Field(
+        default=0.88, ge=0.0, le=1.0, description="Layout agreement that alone quarantines."
+    )
+    layout_floor: float = Field(
+        default=0.6, ge=0.0, le=1.0, description="Layout agreement a pHash match needs."
+    )
     cache_s: float = Field(
         default=2.0, ge=0.0, description="How long a process reuses its copy of the flagged set."
     )

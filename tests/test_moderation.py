@@ -11,10 +11,23 @@ import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from demo.synth import Product, render
 from services.audit import RedisAuditLog, SqliteAuditLog
+from services.layout import (
+    CELLS,
+    SIDE,
+    TOLERANCE,
+    _coarse,
+    _grid,
+    _integral,
+    colour_histogram,
+    decode_layout,
+    encode_layout,
+    layout_score,
+    layout_thumbnail,
+)
 from services.moderation import (
     EntryKind,
     FlaggedEntry,
@@ -44,6 +57,14 @@ def near_duplicate(image: Image.Image) -> bytes:
     w, h = image.size
     small = image.resize((int(w * 0.7), int(h * 0.7))).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return jpeg(small, quality=50)
+
+
+def cropped_captioned(image: Image.Image) -> bytes:
+    """12% off the left, 7% off the bottom, a price caption, re-encoded at quality 70."""
+    w, h = image.size
+    copy = image.crop((int(w * 0.12), 0, w, int(h * 0.93)))
+    ImageDraw.Draw(copy).text((10, 10), "SALE -50%", fill="white", font_size=h // 10)
+    return jpeg(copy, quality=70)
 
 
 def upload(client: FlaskClient, token: str, data: bytes, name: str) -> str:
@@ -119,6 +140,103 @@ def test_decision_rule_combines_embedding_and_phash(encoder) -> None:  # type: i
     assert not flagged.check(vec, [base], snap, approved=[[entry.id]])[0].quarantined
 
 
+def _brute_grid(thumb: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """Mean colour of each cell of a crop box, by slicing and averaging pixels."""
+    x, y, w, h = (v * SIDE for v in box)
+    out = np.zeros((CELLS, CELLS, 3))
+    for r in range(CELLS):
+        for c in range(CELLS):
+            y0, y1 = round(y + h * r / CELLS), round(y + h * (r + 1) / CELLS)
+            x0, x1 = round(x + w * c / CELLS), round(x + w * (c + 1) / CELLS)
+            out[r, c] = thumb[y0:y1, x0:x1].reshape(-1, 3).astype(np.float64).mean(axis=0)
+    return out
+
+
+def test_layout_grid_and_score_against_brute_force() -> None:
+    thumb = layout_thumbnail(photo(3))
+    assert thumb.shape == (SIDE, SIDE, 3)
+    assert np.array_equal(decode_layout(encode_layout(thumb)), thumb)
+    assert decode_layout("") is None and decode_layout("AAAA") is None
+    boxes, index = _coarse()
+    grids = _grid(_integral(thumb), index)
+    for k in (0, 7, len(boxes) // 2, len(boxes) - 1):
+        assert np.allclose(grids[:, k].transpose(1, 2, 0), _brute_grid(thumb, boxes[k]), atol=1e-3)
+    # The score is at least the best brute-force agreement over the coarse boxes of the
+    # flagged thumbnail and of its mirror.
+    query = layout_thumbnail(Image.open(io.BytesIO(cropped_captioned(photo(3)))))
+    q = _brute_grid(query, np.array([0.0, 0.0, 1.0, 1.0]))
+    best = max(
+        float((np.abs(_brute_grid(view, box) - q).max(axis=-1) <= TOLERANCE).mean())
+        for view in (thumb, thumb[:, ::-1])
+        for box in boxes[::9]
+    )
+    score = layout_score(query, thumb)
+    assert score >= best - 1e-9 and score >= 0.86
+    mirrored = layout_thumbnail(photo(3).transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+    assert layout_score(mirrored, thumb) == 1.0
+    # A fresh photo of the same product: other backdrop, other placement.
+    assert layout_score(layout_thumbnail(photo(4)), thumb) < 0.6
+
+
+def test_decision_rule_with_layout(encoder) -> None:  # type: ignore[no-untyped-def]
+    policy = ModerationSettings(
+        image_threshold=0.9,
+        phash_strong=6,
+        phash_weak=10,
+        colour_candidate=0.5,
+        layout_threshold=0.86,
+        layout_floor=0.8,
+    )
+    flagged = FlaggedSet(encoder, None, "flagged", policy, ImageLimits())  # type: ignore[arg-type]
+    entry = _entry(EntryKind.IMAGE)
+    base = 0b1011 << 40
+    own = layout_thumbnail(photo(3))
+    snap = _Snapshot(
+        [entry],
+        np.array([[1.0, 0.0]]),
+        [np.array([base], dtype=np.uint64)],
+        0.0,
+        [own],
+        colour_histogram(own)[None, :],
+    )
+
+    def verdict(cos: float, bits: int, layout: np.ndarray | None):  # type: ignore[no-untyped-def]
+        vec = np.array([[cos, np.sqrt(1 - cos**2)]])
+
+        def layout_of(i: int) -> np.ndarray | None:
+            return layout
+
+        return flagged.check(vec, [base ^ ((1 << bits) - 1)], snap, layout_of=layout_of)[0]
+
+    copy = layout_thumbnail(Image.open(io.BytesIO(cropped_captioned(photo(3)))))
+    other = layout_thumbnail(photo(4))
+    [match] = verdict(0.1, 18, copy).matches  # far hash, low cosine: the layout decides
+    assert match.signal == "layout" and match.layout is not None and match.layout >= 0.86
+    assert not verdict(0.1, 18, other).quarantined
+    # Hash collisions the layout refutes: same colours upside down, or other colours.
+    assert not verdict(0.1, 5, np.ascontiguousarray(own[::-1])).quarantined
+    assert not verdict(0.1, 5, other).quarantined
+    # Without the pixels (layout_of gives None) a strong hash alone quarantines.
+    [match] = verdict(0.1, 5, None).matches
+    assert match.signal == "phash" and match.layout is None
+    assert not verdict(0.1, 7, None).quarantined
+    # Far by hash and no colours in common: not a candidate, nothing matches.
+    blue = np.zeros((SIDE, SIDE, 3), dtype=np.uint8)
+    blue[..., 2] = 255
+    assert not verdict(0.1, 18, blue).quarantined
+
+
+def test_colour_histogram_soft_binning() -> None:
+    image = np.zeros((SIDE, SIDE, 3), dtype=np.uint8)
+    image[:, :, 0] = 255  # pure red: one bin centre (bins=6 -> centres every 51)
+    hist = colour_histogram(image)
+    assert hist.shape == (216,) and hist.sum() == pytest.approx(1.0)
+    assert hist[5 * 36] == pytest.approx(1.0)
+    image[:, :, 1] = 25  # half-way between green bins 0 and 1 (25.5 would be exact)
+    hist = colour_histogram(image)
+    assert hist[5 * 36] == pytest.approx(26 / 51) and hist[5 * 36 + 6] == pytest.approx(25 / 51)
+
+
 @pytest.fixture
 def flagged_catalog(
     app: Flask, client: FlaskClient, tokens: dict[str, str]
@@ -185,6 +303,14 @@ def test_moderate_checks_without_storing(
     assert r.json == {"verdict": "clear", "category": None, "matches": []}
     r = client.post("/api/v1/moderate", json={"image_id": flagged_catalog["other"]}, headers=h)
     assert r.json["verdict"] == "clear"
+    r = client.post(
+        "/api/v1/moderate",
+        data={"file": (io.BytesIO(cropped_captioned(photo(7))), "c.jpg")},
+        headers=h,
+        content_type="multipart/form-data",
+    )
+    assert r.json["verdict"] == "quarantined"
+    assert r.json["matches"][0]["layout"] >= 0.86
     assert sorted(store.ids()) == before
     r = client.post(
         "/api/v1/moderate",

@@ -293,7 +293,12 @@ class MatchOut(BaseModel):
     score: float = Field(description="Cosine similarity to the entry.")
     threshold: float
     phash_distance: int | None = Field(description="Bits differing from the closest hash.")
-    signal: str = Field(description="embedding, phash or phash+embedding.")
+    signal: str = Field(description="embedding, layout, phash or phash+embedding.")
+    layout: float | None = Field(
+        default=None,
+        description="Share of colour-grid cells agreeing with the best-aligned crop or mirror "
+        "of the flagged image, where it was computed.",
+    )
 
 
 class VerdictOut(BaseModel):
