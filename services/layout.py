@@ -18,6 +18,7 @@ histograms (:func:`colour_histogram`, compared for every entry) are closest to a
 from __future__ import annotations
 
 import base64
+import binascii
 from functools import cache
 
 import numpy as np
@@ -47,7 +48,10 @@ def decode_layout(text: str) -> np.ndarray | None:
     """The thumbnail stored by :func:`encode_layout`, or None if absent or malformed."""
     if not text:
         return None
-    raw = base64.b64decode(text)
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except binascii.Error:
+        return None
     if len(raw) != SIDE * SIDE * 3:
         return None
     return np.frombuffer(raw, dtype=np.uint8).reshape(SIDE, SIDE, 3)

@@ -157,6 +157,7 @@ def test_layout_grid_and_score_against_brute_force() -> None:
     assert thumb.shape == (SIDE, SIDE, 3)
     assert np.array_equal(decode_layout(encode_layout(thumb)), thumb)
     assert decode_layout("") is None and decode_layout("AAAA") is None
+    assert decode_layout("not base64!") is None
     boxes, index = _coarse()
     grids = _grid(_integral(thumb), index)
     for k in (0, 7, len(boxes) // 2, len(boxes) - 1):
