@@ -223,12 +223,14 @@ def evaluate(model: CLIPModel, tokenizer, n: int, seed: int) -> dict[str, float]
     return results
 
 
-def contrastive_loss(model: CLIPModel):  # type: ignore[no-untyped-def]
+def contrastive_loss(model: CLIPModel, bf16: bool = False):  # type: ignore[no-untyped-def]
     """CLIP loss with soft targets: ``match`` marks every caption an image satisfies.
 
     ``text`` holds each distinct caption once (``CaptionBank.plan``); ``order`` maps the
-    batch's captions onto them.
+    batch's captions onto them. With ``bf16`` the two towers run under bfloat16 autocast
+    (weights, gradients and optimiser state stay fp32).
     """
+    device = model.logit_scale.device.type
 
     def loss(
         images: torch.Tensor,
@@ -236,14 +238,18 @@ def contrastive_loss(model: CLIPModel):  # type: ignore[no-untyped-def]
         order: torch.Tensor,
         match: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        img = F.normalize(model.get_image_features(pixel_values=images).pooler_output, dim=-1)
-        features = torch.cat(
-            [
-                model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
-                for ids, mask in text
-            ]
-        )
-        txt = F.normalize(features, dim=-1)[order]
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            pooled = model.get_image_features(pixel_values=images).pooler_output
+            features = torch.cat(
+                [
+                    model.get_text_features(input_ids=ids, attention_mask=mask).pooler_output
+                    for ids, mask in text
+                ]
+            )
+        # The similarities stay in fp32: at a logit scale near 100, bf16's 8-bit mantissa
+        # would blur the small margins between look-alike captions.
+        img = F.normalize(pooled.float(), dim=-1)
+        txt = F.normalize(features.float(), dim=-1)[order]
         scale = model.logit_scale.exp().clamp(max=100)
         logits = scale * img @ txt.T
         image_targets = match / match.sum(dim=1, keepdim=True)
@@ -252,6 +258,15 @@ def contrastive_loss(model: CLIPModel):  # type: ignore[no-untyped-def]
         return both / 2, scale
 
     return loss
+
+
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` multiplies bfloat16 in hardware. Where it is only emulated (CPUs
+    without AVX512-BF16 or AMX), bf16 autocast makes a step slower, not faster."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 ATTRIBUTES = ("category", "colour", "pattern")
@@ -309,6 +324,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch intra-op threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compile", action="store_true", help="torch.compile the loss step")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="tower arithmetic; auto: bf16 where the hardware has it (about 30%% faster a "
+        "step on an AVX512-BF16 CPU), else fp32",
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--eval-n", type=int, default=400, help="evaluation images per split")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -340,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data ready in {time.perf_counter() - started:.0f}s; training", file=sys.stderr)
 
     bank = CaptionBank(tokenizer, train_products)
-    loss_fn = contrastive_loss(model)
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16(args.device))
+    loss_fn = contrastive_loss(model, bf16)
     if args.compile:
         loss_fn = torch.compile(loss_fn)
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
@@ -390,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             "draw_sizes": sizes,
             "lookalike": args.lookalike,
             "threads": torch.get_num_threads(),
+            "precision": "bf16" if bf16 else "fp32",
             "train_minutes": round((time.perf_counter() - train_start) / 60, 2),
             "total_minutes": round((time.perf_counter() - started) / 60, 2),
         }
