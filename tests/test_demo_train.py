@@ -21,13 +21,19 @@ from demo.train import (
 )
 
 
-def test_caption_plan_encodes_each_caption_once_and_restores_the_order() -> None:
+def untrained():  # type: ignore[no-untyped-def]
+    """The trainer's tokenizer, a freshly initialised model (seed 0) and its caption bank."""
     torch.manual_seed(0)
     tokenizer = build_tokenizer(vocabulary())
     vocab = tokenizer.get_vocab()
-    model = make_model(len(vocab), vocab["<|startoftext|>"], vocab["<|endoftext|>"]).eval()
+    model = make_model(len(vocab), vocab["<|startoftext|>"], vocab["<|endoftext|>"])
+    return tokenizer, model, CaptionBank(tokenizer, all_products())
+
+
+def test_caption_plan_encodes_each_caption_once_and_restores_the_order() -> None:
+    tokenizer, model, bank = untrained()
+    model.eval()
     products = all_products()
-    bank = CaptionBank(tokenizer, products)
     rng = random.Random(3)
     captions = [partial_caption(rng.choice(products), rng)[0] for _ in range(96)]
     assert len(set(captions)) < len(captions), "the sample should repeat partial captions"
@@ -56,12 +62,8 @@ def test_caption_plan_encodes_each_caption_once_and_restores_the_order() -> None
 def test_bf16_towers_give_the_fp32_loss_and_gradients() -> None:
     """bf16 autocast is a speed-up, not a different objective: same loss to within bf16's
     rounding, gradients pointing the same way for every parameter."""
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer(vocabulary())
-    vocab = tokenizer.get_vocab()
-    model = make_model(len(vocab), vocab["<|startoftext|>"], vocab["<|endoftext|>"])
+    _, model, bank = untrained()
     products = all_products()
-    bank = CaptionBank(tokenizer, products)
     rng = random.Random(5)
     batch = [rng.choice(products) for _ in range(32)]
     facts = [partial_caption(p, rng) for p in batch]
