@@ -16,7 +16,7 @@ OUT = Path(__file__).resolve().parent / "out"
 
 def build_model(kind: str) -> Path:
     """A CLIP-architecture model with random weights: ``tiny`` (tests) or ``vitb32`` (real cost)."""
-    from tests.tiny_model import build_tiny_clip
+    from demo.tiny_model import build_tiny_clip
 
     path = OUT / "models" / kind
     if (path / "config.json").exists():
@@ -56,8 +56,9 @@ def product_photos(n: int, seed: int = 0, size: tuple[int, int] = (640, 480)) ->
         img = Image.fromarray(arr)
         draw = ImageDraw.Draw(img)
         for _ in range(3):
-            x0, y0 = rng.integers(0, size[0] // 2), rng.integers(0, size[1] // 2)
-            x1, y1 = x0 + rng.integers(80, size[0] // 2), y0 + rng.integers(80, size[1] // 2)
+            x0, y0 = int(rng.integers(0, size[0] // 2)), int(rng.integers(0, size[1] // 2))
+            x1 = x0 + int(rng.integers(80, size[0] // 2))
+            y1 = y0 + int(rng.integers(80, size[1] // 2))
             colour = tuple(int(c) for c in rng.integers(0, 255, 3))
             (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=colour)
         buf = io.BytesIO()

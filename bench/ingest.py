@@ -28,13 +28,13 @@ import numpy as np
 from PIL import Image
 
 from bench.common import OUT, build_model, product_photos, table, timed
-from services.container import build_services
+from services.auth.principal import operator
 from services.encoder import Encoder
 from services.index.base import PointData
 from services.index.edge import EdgeIndex
-from services.jobs import State
+from services.jobs.store import State
+from services.runtime import Runtime, build_runtime
 from services.settings import Settings
-from workers.runtime import build_runtime
 
 BATCH = 32
 
@@ -68,13 +68,12 @@ def bench_model(kind: str, photos: list[bytes], repeat: int) -> list[list[str]]:
             data_dir=work / "pipe" / uuid.uuid4().hex, model=str(path), batch_size=BATCH
         )
         settings.queue.batch_max_wait_s = 0.05
-        services = build_services(settings, encoder=encoder)
-        services.open()
-        runtime = build_runtime(settings, services)
+        runtime = build_runtime(settings, encoder=encoder)
+        runtime.open()
         # Warm the worker thread up as the model was warmed up for plain encode (torch's
         # per-thread pools), on other images so the timed run skips nothing.
-        _run_job(runtime, [services.store.put(p) for p in warmup])
-        ids = [services.store.put(p) for p in photos]  # uploaded: bytes stored, events next
+        _run_job(runtime, [runtime.store.put(p) for p in warmup])
+        ids = [runtime.store.put(p) for p in photos]  # uploaded: bytes stored, events next
         runs["pipeline"].append(timed(lambda: _run_job(runtime, ids)))
         runtime.close()
 
@@ -103,10 +102,10 @@ def bench_model(kind: str, photos: list[bytes], repeat: int) -> list[list[str]]:
     return rows
 
 
-def _run_job(runtime, ids: list[str]) -> None:  # type: ignore[no-untyped-def]
-    job_id = runtime.uploads.ingest_stored(ids)
-    assert runtime.dispatcher.join(timeout_s=3600)
-    job = runtime.uploads.job(job_id)
+def _run_job(runtime: Runtime, ids: list[str]) -> None:
+    job_id = runtime.uploads.ingest_stored(operator("bench"), ids)
+    assert runtime.wait_idle(timeout_s=3600)
+    job = runtime.jobs.store.get(job_id)
     assert job.state is State.DONE and job.counts["done"] == len(ids), job
 
 

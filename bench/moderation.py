@@ -39,7 +39,7 @@ from demo.synth import all_products, render
 from services.encoder import Encoder
 from services.images import decode_image
 from services.index.edge import EdgeIndex
-from services.moderation import FlaggedSet, hamming, phash
+from services.moderation.flagged import FlaggedSet, hamming, phash
 from services.settings import ImageLimits, ModerationSettings
 
 TRANSFORMS = ["jpeg q40-90", "resize 50-150%", "crop <=15%", "hflip", "text overlay"]

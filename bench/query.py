@@ -31,15 +31,15 @@ import numpy as np
 from werkzeug.serving import WSGIRequestHandler, make_server
 
 from bench.common import OUT, build_model, percentile, table
-from services.apikeys import Scope, SqliteKeyStore
-from services.container import build_services
+from services.auth.apikeys import SqliteKeyStore
+from services.auth.principal import Scope, operator
 from services.encoder import Encoder
 from services.ids import point_id
 from services.index.base import PointData
 from services.index.edge import EdgeIndex
+from services.runtime import build_runtime
 from services.settings import Settings
 from web import create_app
-from workers.runtime import build_runtime
 
 COLOURS = ["red", "blue", "green", "black", "white", "yellow", "pink", "grey"]
 PATTERNS = ["plain", "striped", "dotted", "checked", "floral"]
@@ -63,8 +63,8 @@ def concept_clusters(encoder: Encoder, n: int, seed: int) -> tuple[np.ndarray, l
     common = text.mean(axis=0)
     residual = text - common
     residual /= np.linalg.norm(residual, axis=1, keepdims=True)
-    gap = rng.normal(size=dim)
-    gap /= np.linalg.norm(gap)
+    gap = np.asarray(rng.normal(size=(dim,)))
+    gap = gap / np.linalg.norm(gap)
     centres = (
         0.7 * residual
         + 0.4 * common / np.linalg.norm(common)
@@ -121,12 +121,11 @@ def bench_size(n: int, queries: int, encoder: Encoder, model_dir: str, ef: int) 
     build_s = time.perf_counter() - t0
     print(f"{n}: upsert {upsert_s:.1f}s, HNSW build {build_s:.1f}s", file=sys.stderr)
 
-    services = build_services(settings, encoder=encoder, index=index)
-    services.open()  # creates the payload indexes a deployment has
-    app = create_app(
-        settings, runtime=build_runtime(settings, services), keys=SqliteKeyStore(work / "keys.db")
+    runtime = build_runtime(
+        settings, encoder=encoder, index=index, keys=SqliteKeyStore(work / "keys.db")
     )
-    token = app.extensions["sightline"].keys.create("bench", [Scope.SEARCH])[1]
+    app = create_app(settings, runtime=runtime)  # opens it: the payload indexes a deployment has
+    token = runtime.access.create_key(operator("bench"), "bench", [Scope.SEARCH])[1]
     server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_Quiet)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_port}/api/v1"
@@ -156,7 +155,7 @@ def bench_size(n: int, queries: int, encoder: Encoder, model_dir: str, ef: int) 
             exact = _exact(vectors, vectors[i], 10, exclude=i)
             recalls["similar"].append(len(got & {image_ids[j] for j in exact}) / 10)
     server.shutdown()
-    app.extensions["sightline"].runtime.close()
+    runtime.close()
 
     brute50, brute99 = percentile(lat["brute"], 50) * 1e3, percentile(lat["brute"], 99) * 1e3
     rows = [[f"{n}", "brute force (numpy)", f"{brute50:.2f}", f"{brute99:.2f}", "1.00x", "1.000"]]

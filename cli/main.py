@@ -11,12 +11,14 @@ import typer
 from tqdm import tqdm
 
 from cli import tagging
+from cli.context import caller, finish_job, open_runtime
 from cli.metadata import load_metadata, metadata_for
-from cli.output import emit_json, hits_as_dicts, print_hits
-from services.container import Services, build_services
+from cli.output import emit_json, hits_as_dicts, print_hits, print_job
 from services.errors import ConfigError, SightlineError
 from services.filters import parse_filters
-from services.ingest import IngestItem, ItemResult, Outcome
+from services.ingest.indexer import ItemResult, Outcome
+from services.ingest.intake import IngestItem
+from services.runtime import build_access
 from services.settings import load_settings
 
 app = typer.Typer(
@@ -35,12 +37,6 @@ WhereOpt = Annotated[
 GroupOpt = Annotated[
     str | None, typer.Option("--one-per", help="At most one hit per value of this field.")
 ]
-
-
-def _services() -> Services:
-    services = build_services(load_settings())
-    services.open()
-    return services
 
 
 def _walk(paths: list[Path]) -> Iterator[tuple[Path, Path]]:
@@ -66,10 +62,10 @@ def ingest(
     as_json: JsonOpt = False,
 ) -> None:
     """Index images (folders recursively). Exit status 1 if any item failed."""
-    services = _services()
     table = load_metadata(metadata) if metadata else {}
     files = list(_walk(paths))
-    limit = services.settings.images.max_bytes
+    runtime = open_runtime()
+    limit = runtime.settings.images.max_bytes
 
     def items() -> Iterator[IngestItem]:
         for f, root in files:
@@ -79,10 +75,10 @@ def ingest(
 
     results: list[ItemResult] = []
     with tqdm(total=len(files), unit="img", disable=as_json, file=sys.stderr) as bar:
-        for result in services.ingestor.iter_ingest(items()):
+        for result in runtime.ingestor.iter_ingest(caller(), items()):
             results.append(result)
             bar.update(1)
-    services.close()
+    runtime.close()
     counts = {o.value: sum(r.outcome is o for r in results) for o in Outcome}
     if as_json:
         emit_json(
@@ -120,9 +116,10 @@ def search(
     as_json: JsonOpt = False,
 ) -> None:
     """Images matching a text query."""
-    services = _services()
-    hits = services.search.text(text, k=k, flt=parse_filters(where or []), group_by=one_per)
-    services.close()
+    flt = parse_filters(where or [])
+    runtime = open_runtime()
+    hits = runtime.search.text(caller(), text, k=k, flt=flt, group_by=one_per)
+    runtime.close()
     emit_json(hits_as_dicts(hits)) if as_json else print_hits(hits)
 
 
@@ -135,34 +132,34 @@ def similar(
     as_json: JsonOpt = False,
 ) -> None:
     """Images most like a stored image or a file (the image itself is left out)."""
-    services = _services()
     flt = parse_filters(where or [])
     path = Path(ref)
+    runtime = open_runtime()
     if path.is_file():
-        hits = services.search.by_image(path.read_bytes(), k=k, flt=flt, group_by=one_per)
+        hits = runtime.search.by_image(caller(), path.read_bytes(), k=k, flt=flt, group_by=one_per)
     else:
-        hits = services.search.similar(ref, k=k, flt=flt, group_by=one_per)
-    services.close()
+        hits = runtime.search.similar(caller(), ref, k=k, flt=flt, group_by=one_per)
+    runtime.close()
     emit_json(hits_as_dicts(hits)) if as_json else print_hits(hits)
 
 
 @app.command()
 def info(as_json: JsonOpt = False) -> None:
     """Model, collections and their sizes."""
-    services = _services()
-    identity = services.encoder.identity
+    runtime = open_runtime()
+    identity = runtime.encoder.identity
     data = {
-        "model": services.settings.model,
+        "model": runtime.settings.model,
         "model_id": identity.model_id,
         "vector_size": identity.size,
         "distance": identity.distance,
-        "family": services.encoder.family.value,
-        "logit_scale": round(services.encoder.logit_scale, 4),
-        "logit_bias": services.encoder.logit_bias,
-        "index_backend": services.settings.index.backend.value,
-        "collections": {name: services.index.count(name) for name in services.collections.all()},
+        "family": runtime.encoder.family.value,
+        "logit_scale": round(runtime.encoder.logit_scale, 4),
+        "logit_bias": runtime.encoder.logit_bias,
+        "index_backend": runtime.settings.index.backend.value,
+        "collections": {name: runtime.index.count(name) for name in runtime.collections.all()},
     }
-    services.close()
+    runtime.close()
     if as_json:
         emit_json(data)
         return
@@ -186,24 +183,32 @@ def worker(
     can embed in batches; with late acknowledgement a killed worker's reserved messages
     are redelivered. Other queues prefetch one message.
     """
-    settings = load_settings()
-    from workers.celery_app import INGEST_QUEUE, create_celery
+    import os
 
-    celery = create_celery(settings)
+    from services.jobs.kinds import INGEST_QUEUE
+
+    settings = load_settings()
+    if not settings.queue.broker_url:
+        raise ConfigError("a worker needs SIGHTLINE_QUEUE__BROKER_URL (a redis:// URL)")
     names = [q.strip() for q in queues.split(",") if q.strip()]
     prefetch = settings.ingest_batch_size if INGEST_QUEUE in names else 1
-    celery.worker_main(
-        [
-            "worker",
-            f"--queues={','.join(names)}",
-            f"--concurrency={concurrency}",
-            f"--pool={pool}",
-            f"--loglevel={loglevel}",
-            f"--prefetch-multiplier={prefetch}",
-            "--without-gossip",
-            "--without-mingle",
-        ]
-    )
+    # The worker is Celery's own program over workers.celery_app (which reads the same
+    # settings from the environment); exec keeps this process id for supervisors.
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "--app=workers.celery_app",
+        "worker",
+        f"--queues={','.join(names)}",
+        f"--concurrency={concurrency}",
+        f"--pool={pool}",
+        f"--loglevel={loglevel}",
+        f"--prefetch-multiplier={prefetch}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    os.execv(sys.executable, argv)
 
 
 @app.command()
@@ -213,15 +218,14 @@ def job(
     as_json: JsonOpt = False,
 ) -> None:
     """State and counts of a job, its failed items with reasons; --retry re-queues them."""
-    from workers.runtime import build_runtime
-
-    runtime = build_runtime(load_settings())
-    retried = runtime.uploads.retry_failed(job_id) if retry else 0
+    runtime = open_runtime()
+    retried = runtime.uploads.retry_failed(caller(), job_id) if retry else 0
     data = {
-        **runtime.uploads.job(job_id).as_dict(),
-        "failed_items": runtime.uploads.failed_items(job_id),
+        **runtime.jobs.get(caller(), job_id).as_dict(),
+        "failed_items": runtime.jobs.failed_items(caller(), job_id),
         "retried": retried,
     }
+    runtime.close()
     if as_json:
         emit_json(data)
         return
@@ -244,33 +248,28 @@ def reembed(
     With a broker this queues a job (see `sightline job`); embedded, it runs here. After
     the switch, processes must run with SIGHTLINE_MODEL set to the new model.
     """
-    from workers.runtime import build_runtime
+    runtime = open_runtime()
+    job_id = runtime.uploads.reembed(caller(), model, prefix, switch)
+    print_job(finish_job(runtime, job_id, timeout_s=24 * 3600), as_json)
 
-    runtime = build_runtime(load_settings())
-    runtime.services.open()
-    job_id = runtime.uploads.reembed(model, prefix, switch)
-    if runtime.embedded:
-        runtime.dispatcher.join(timeout_s=24 * 3600)  # type: ignore[union-attr]
-    data = runtime.uploads.job(job_id).as_dict()
-    runtime.close()
-    if as_json:
-        emit_json(data)
-    else:
-        typer.echo(f"job {job_id}: {data['state']} {data['counts']}")
-    if data["state"] == "failed":
-        raise typer.Exit(1)
+
+@app.command()
+def delete(
+    image_ids: Annotated[list[str], typer.Argument(help="Image ids (sha256) to delete.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete images from the index, the store and the thumbnails (a job; audited)."""
+    runtime = open_runtime()
+    job_id = runtime.uploads.delete(caller(), image_ids)
+    print_job(finish_job(runtime, job_id, timeout_s=600), as_json)
 
 
 @app.command()
 def reconcile(as_json: JsonOpt = False) -> None:
     """Re-queue stored images that have no point in the index (e.g. after a crash)."""
-    from workers.runtime import build_runtime
-
-    runtime = build_runtime(load_settings())
-    runtime.services.open()
-    job_id, n = runtime.uploads.reconcile()
-    if runtime.embedded and job_id:
-        runtime.dispatcher.join(timeout_s=3600)  # type: ignore[union-attr]
+    runtime = open_runtime()
+    job_id, n = runtime.uploads.reconcile(caller())
+    runtime.wait_idle(timeout_s=3600)
     runtime.close()
     if as_json:
         emit_json({"job_id": job_id, "queued": n})
@@ -297,27 +296,18 @@ def admin_create(
     ] = False,
 ) -> None:
     """Create (or reset the password of) a dashboard admin account."""
-    from services.accounts import InvalidAccount
-    from services.container import build_accounts
-
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
-    try:
-        account = build_accounts(load_settings()).create(username, password)
-    except InvalidAccount as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+    account = build_access(load_settings()).create_account(caller(), username, password)
     typer.echo(f"admin account {account.username!r} ready; log in at /admin")
 
 
 @admin_app.command("list")
 def admin_list() -> None:
     """Dashboard account names."""
-    from services.container import build_accounts
-
-    for name in build_accounts(load_settings()).usernames():
+    for name in build_access(load_settings()).usernames(caller()):
         typer.echo(name)
 
 
@@ -334,14 +324,13 @@ def keys_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a key; its token is printed once and stored only as a hash."""
-    from services.apikeys import Scope
-    from services.container import build_keys
+    from services.auth.principal import Scope
 
     try:
         scopes = [Scope(s) for s in scope]
     except ValueError as e:
         raise typer.BadParameter(f"{e}; scopes are search, ingest, admin") from e
-    key, token = build_keys(load_settings()).create(name, scopes)
+    key, token = build_access(load_settings()).create_key(caller(), name, scopes)
     if as_json:
         emit_json({**key.as_dict(), "token": token})
     else:
@@ -352,9 +341,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(as_json: JsonOpt = False) -> None:
     """Every key (no secrets)."""
-    from services.container import build_keys
-
-    keys = [k.as_dict() for k in build_keys(load_settings()).list()]
+    keys = [k.as_dict() for k in build_access(load_settings()).list_keys(caller())]
     if as_json:
         emit_json(keys)
         return
@@ -366,9 +353,7 @@ def keys_list(as_json: JsonOpt = False) -> None:
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id.")]) -> None:
     """Revoke a key at once."""
-    from services.container import build_keys
-
-    build_keys(load_settings()).revoke(key_id)
+    build_access(load_settings()).revoke_key(caller(), key_id)
     typer.echo(f"revoked {key_id}")
 
 
@@ -406,41 +391,38 @@ def demo(
 
     from demo.catalog import DEMO_MODEL, catalog_items, flagged_copies, flagged_examples
     from demo.taxonomy import demo_taxonomy
-    from services.apikeys import Scope
-    from services.container import build_accounts, build_keys
+    from services.auth.principal import Scope
     from web.app import create_app
-    from workers.runtime import build_runtime
 
     data_dir = os.environ.get("SIGHTLINE_DATA_DIR", "data/demo")
     settings = load_settings(data_dir=data_dir, model=str(DEMO_MODEL))
     typer.echo(
         f"DEMO MODEL in use: {DEMO_MODEL.name} (trained here on synthetic products; not a production model)"
     )
-    runtime = build_runtime(settings)
-    services = runtime.services
-    services.open()
+    runtime = open_runtime(settings)
+    me = caller()
     taxonomy = demo_taxonomy()
-    if services.labels.store.get() != taxonomy:
-        services.replace_taxonomy(taxonomy)
-        if services.index.count(services.collections.images):
-            runtime.uploads.retag(taxonomy.version)  # an older demo catalog, re-tagged
-    if not services.flagged.entries():
+    if runtime.tagging.taxonomy(me) != taxonomy:
+        # An older demo catalog is re-tagged.
+        has_images = bool(runtime.index.count(runtime.collections.images))
+        runtime.tagging.replace(me, taxonomy, retag=has_images)
+    if not runtime.moderation.entries(me):
         for data, category, note in flagged_examples():
             # The demo model puts any two photos of its small world close together, so its
             # entries carry a stricter threshold than the real-CLIP default (bench/moderation.py).
-            services.flagged.add_image(data, category, "demo", threshold=0.99, note=note)
+            runtime.moderation.add_image(me, data, category, threshold=0.99, note=note, scan=False)
     items = [*catalog_items(products), *flagged_copies()]
     with tqdm(total=len(items), unit="img", desc="indexing demo catalog", file=sys.stderr) as bar:
-        report = services.ingestor.ingest(items, on_result=lambda _: bar.update(1))
+        report = runtime.ingestor.ingest(me, items, on_result=lambda _: bar.update(1))
     summary = report.summary()
     typer.echo(
         f"catalog: {products} products, {len(items)} photos "
         f"(indexed {summary['indexed']}, already there {summary['skipped']}, failed {summary['failed']}); "
-        f"{services.review.pending()} quarantined for review (copies of the demo flagged set)"
+        f"{runtime.moderation.pending(me)} quarantined for review (copies of the demo flagged set)"
     )
-    _, token = build_keys(settings).create("demo-admin", [Scope.ADMIN])
+    _, token = runtime.access.create_key(me, "demo-admin", [Scope.ADMIN])
     password = secrets.token_urlsafe(12)
-    build_accounts(settings).create("admin", password)
+    runtime.access.create_account(me, "admin", password)
     base = f"http://{host}:{port}"
     typer.echo(
         f"""
@@ -475,9 +457,6 @@ def main() -> None:
         typer.echo(f"configuration error: {e}", err=True)
         sys.exit(2)
     except SightlineError as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
 

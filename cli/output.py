@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from services.search import SearchHit
+from services.search.service import SearchHit
 
 
 def emit_json(data: Any) -> None:
@@ -33,3 +33,13 @@ def print_hits(hits: Sequence[SearchHit]) -> None:
     for n, h in enumerate(hits, 1):
         label = h.payload.get("title") or h.payload.get("filename") or ""
         typer.echo(f"{n:>3}  {h.score:>7.4f}  {h.image_id[:12]:<12}  {label}")
+
+
+def print_job(data: dict[str, Any], as_json: bool) -> None:
+    """A job's state and counts; exit status 1 when it failed."""
+    if as_json:
+        emit_json(data)
+    else:
+        typer.echo(f"job {data['id']}: {data['state']} {data['counts']}")
+    if data["state"] == "failed":
+        raise typer.Exit(1)

@@ -7,32 +7,13 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.output import emit_json
-from services.container import Services, build_services
+from cli.context import caller, finish_job, open_runtime
+from cli.output import emit_json, print_job
 from services.settings import load_settings
-from services.taxonomy import Taxonomy, parse_taxonomy
+from services.tagging.taxonomy import Taxonomy, parse_taxonomy
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 taxonomy_app = typer.Typer(help="The tagging taxonomy: load, show, export.", no_args_is_help=True)
-
-
-def _services() -> Services:
-    services = build_services(load_settings())
-    services.open()
-    return services
-
-
-def _run_retag(version: str | None) -> dict[str, object]:
-    from workers.runtime import build_runtime
-
-    runtime = build_runtime(load_settings())
-    runtime.services.open()
-    job_id = runtime.uploads.retag(version)
-    if runtime.embedded:
-        runtime.dispatcher.join(timeout_s=24 * 3600)  # type: ignore[union-attr]
-    data = runtime.uploads.job(job_id).as_dict()
-    runtime.close()
-    return data
 
 
 @taxonomy_app.command("load")
@@ -43,10 +24,11 @@ def taxonomy_load(
 ) -> None:
     """Replace the taxonomy (every process sees it), then re-tag the catalog."""
     taxonomy = parse_taxonomy(path.read_text())
-    services = _services()
-    version = services.replace_taxonomy(taxonomy)
-    services.close()
-    job = _run_retag(version) if retag else None
+    runtime = open_runtime()
+    version, job_id = runtime.tagging.replace(caller(), taxonomy, retag=retag)
+    job = finish_job(runtime, job_id, timeout_s=24 * 3600) if job_id else None
+    if job is None:
+        runtime.close()
     if as_json:
         emit_json({"version": version, "retag": job})
         return
@@ -57,9 +39,9 @@ def taxonomy_load(
 
 def _stored_taxonomy() -> Taxonomy:
     """The current taxonomy; exit status 1 when none is loaded."""
-    services = _services()
-    taxonomy = services.labels.store.get()
-    services.close()
+    runtime = open_runtime()
+    taxonomy = runtime.tagging.taxonomy(caller())
+    runtime.close()
     if taxonomy is None:
         typer.echo("no taxonomy is loaded", err=True)
         raise typer.Exit(1)
@@ -98,7 +80,7 @@ def tag(
     as_json: JsonOpt = False,
 ) -> None:
     """Tag one image with the taxonomy or with ad-hoc labels."""
-    services = _services()
+    runtime = open_runtime()
     options: dict[str, Any] = {
         "candidate_labels": labels.split(",") if labels else None,
         "hypothesis_template": template,
@@ -106,13 +88,10 @@ def tag(
     }
     path = Path(ref)
     if path.is_file():
-        result = services.tagger.tag_bytes(path.read_bytes(), **options)
+        result = runtime.tagging.tag_bytes(caller(), path.read_bytes(), **options)
     else:
-        record = services.search.record(ref, with_vector=True)
-        assert record.vector is not None
-        original = services.store.get(str(record.payload["image_id"]))
-        result = services.tagger.tag_one(record.vector, original, **options)
-    services.close()
+        result = runtime.tagging.tag_stored(caller(), ref, **options)
+    runtime.close()
     if as_json:
         emit_json(result.as_dict())
         return
@@ -125,13 +104,9 @@ def tag(
 
 def retag(as_json: JsonOpt = False) -> None:
     """Re-tag every image with the current taxonomy (a job; runs here when embedded)."""
-    data = _run_retag(None)
-    if as_json:
-        emit_json(data)
-    else:
-        typer.echo(f"job {data['id']}: {data['state']} {data['counts']}")
-    if data["state"] == "failed":
-        raise typer.Exit(1)
+    runtime = open_runtime()
+    job_id = runtime.tagging.retag(caller())
+    print_job(finish_job(runtime, job_id, timeout_s=24 * 3600), as_json)
 
 
 def evaluate(
@@ -159,7 +134,7 @@ def evaluate(
     """Measure zero-shot classification (top-1/5, per-class precision/recall, confusion
     matrix) or text-to-image retrieval (recall@1/5/10); compares models x prompt sets."""
     from services.encoder import Encoder
-    from services.evaluation import (
+    from services.tagging.evaluation import (
         Config,
         classify,
         is_retrieval_csv,
@@ -169,7 +144,7 @@ def evaluate(
         retrieve,
         write_reports,
     )
-    from services.ocr import RapidOcrReader
+    from services.tagging.ocr import RapidOcrReader
 
     settings = load_settings()
     models = model or [settings.model]

@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from demo.synth import Product, all_products, price, render, title
-from services.ingest import IngestItem
+from services.ingest.intake import IngestItem
 
 DEMO_MODEL = Path(__file__).resolve().parent.parent / "models" / "sightline-demo-clip"
 

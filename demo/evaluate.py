@@ -27,11 +27,11 @@ from demo.synth import CATEGORIES, Product, all_products, held_out, render
 from demo.taxonomy import demo_taxonomy, text_card
 from services.encoder import Encoder
 from services.images import decode_image
-from services.ingest import IngestItem
-from services.labels import embed_taxonomy
-from services.ocr import RapidOcrReader
+from services.ingest.intake import IngestItem
 from services.settings import ImageLimits
-from services.tagging import score_vectors
+from services.tagging.labels import embed_taxonomy
+from services.tagging.ocr import RapidOcrReader
+from services.tagging.scoring import score_vectors
 
 QUERY_PRODUCTS = {
     "red striped dress": ("red", "striped", "dress"),

@@ -13,7 +13,7 @@ import random
 from PIL import Image, ImageDraw, ImageFont
 
 from demo.synth import CATEGORIES, COLOURS, PATTERNS
-from services.taxonomy import Dimension, Label, OcrFusion, Taxonomy
+from services.tagging.taxonomy import Dimension, Label, OcrFusion, Taxonomy
 
 
 def demo_taxonomy(ocr: bool = False) -> Taxonomy:

@@ -1,7 +1,10 @@
-"""An append-only record of moderation decisions: who did what to which item, when, and why.
+"""An append-only record of every change to the catalog: who did what to which item, when,
+and why.
 
-Trust-and-safety decisions must be explainable later, so every entry is written before
-the call that made the decision returns, and nothing here updates or deletes an entry.
+Services write it (not the interfaces), so an upload, a delete, a taxonomy change or a
+review decision leaves the same record whether the API, the dashboard or the CLI made
+it. Trust-and-safety decisions must be explainable later, so every entry is written
+before the call that made the change returns, and nothing here updates or deletes one.
 SQLite (WAL, synchronous FULL) in the embedded deployment; a Redis stream, shared by
 every process, with a broker.
 """
@@ -13,12 +16,12 @@ import datetime as dt
 import json
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.errors import IndexUnavailable
+from services.errors import BrokerUnavailable
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,13 @@ class AuditEvent:
     def as_dict(self) -> dict[str, Any]:
         """JSON form for the API."""
         return asdict(self)
+
+
+Entry = tuple[str, str | None, Mapping[str, Any] | None]
+
+
+def _details(details: Mapping[str, Any] | None) -> str:
+    return json.dumps(dict(details or {}), sort_keys=True, default=str)
 
 
 def _now() -> str:
@@ -57,12 +67,20 @@ class AuditLog(abc.ABC):
         """Append one event durably and return it."""
 
     @abc.abstractmethod
+    def record_many(self, actor: str, action: str, entries: Sequence[Entry]) -> None:
+        """Append one event per ``(target, reason, details)`` in one durable write."""
+
+    @abc.abstractmethod
     def list(self, limit: int = 100, target: str | None = None) -> list[AuditEvent]:
         """The newest events (optionally about one target), newest first."""
 
 
 class SqliteAuditLog(AuditLog):
     """A SQLite file beside the data."""
+
+    _INSERT = (
+        "INSERT INTO audit (at, actor, action, target, reason, details) VALUES (?, ?, ?, ?, ?, ?)"
+    )
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,14 +105,24 @@ class SqliteAuditLog(AuditLog):
         details: Mapping[str, Any] | None = None,
     ) -> AuditEvent:
         at = _now()
-        body = json.dumps(dict(details or {}), sort_keys=True, default=str)
+        body = _details(details)
         with self._lock:
-            cur = self._db.execute(
-                "INSERT INTO audit (at, actor, action, target, reason, details) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (at, actor, action, target, reason, body),
-            )
+            cur = self._db.execute(self._INSERT, (at, actor, action, target, reason, body))
         return AuditEvent(str(cur.lastrowid), at, actor, action, target, reason, json.loads(body))
+
+    def record_many(self, actor: str, action: str, entries: Sequence[Entry]) -> None:
+        if not entries:
+            return
+        at = _now()
+        rows = [(at, actor, action, t, r, _details(d)) for t, r, d in entries]
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(self._INSERT, rows)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def list(self, limit: int = 100, target: str | None = None) -> list[AuditEvent]:
         query = "SELECT id, at, actor, action, target, reason, details FROM audit"
@@ -124,19 +152,42 @@ class RedisAuditLog(AuditLog):
     ) -> AuditEvent:
         import redis
 
-        fields = {
+        fields = self._fields(actor, action, target, reason, details)
+        try:
+            event_id = self.r.xadd(self.key, fields)
+        except redis.RedisError as e:
+            raise BrokerUnavailable(f"cannot write the audit log: {e}") from e
+        return self._event(event_id, fields)
+
+    def record_many(self, actor: str, action: str, entries: Sequence[Entry]) -> None:
+        import redis
+
+        if not entries:
+            return
+        pipe = self.r.pipeline(transaction=True)
+        for target, reason, details in entries:
+            pipe.xadd(self.key, self._fields(actor, action, target, reason, details))
+        try:
+            pipe.execute()
+        except redis.RedisError as e:
+            raise BrokerUnavailable(f"cannot write the audit log: {e}") from e
+
+    @staticmethod
+    def _fields(
+        actor: str,
+        action: str,
+        target: str,
+        reason: str | None,
+        details: Mapping[str, Any] | None,
+    ) -> dict[str, str]:
+        return {
             "at": _now(),
             "actor": actor,
             "action": action,
             "target": target,
             "reason": reason or "",
-            "details": json.dumps(dict(details or {}), sort_keys=True, default=str),
+            "details": _details(details),
         }
-        try:
-            event_id = self.r.xadd(self.key, fields)
-        except redis.RedisError as e:
-            raise IndexUnavailable(f"cannot write the audit log: {e}") from e
-        return self._event(event_id, fields)
 
     @staticmethod
     def _event(event_id: Any, f: Mapping[Any, Any]) -> AuditEvent:

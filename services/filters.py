@@ -8,17 +8,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from services.errors import SightlineError
+from services.errors import InvalidFilter
 from services.index.base import PayloadFilter, PayloadValue, Range
 
 _EXPR = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*(<=|>=|!=|=|<|>)\s*(.*?)\s*$")
 _INT = re.compile(r"^-?(0|[1-9][0-9]*)$")
-
-
-class InvalidFilter(SightlineError):
-    """A filter expression that cannot be parsed."""
-
-    code = "invalid_filter"
 
 
 def parse_value(raw: str) -> PayloadValue:

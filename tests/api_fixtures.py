@@ -10,26 +10,31 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from services.apikeys import Scope, SqliteKeyStore
-from services.container import build_services
+from services.auth.apikeys import SqliteKeyStore
+from services.auth.principal import Scope
 from services.encoder import Encoder
+from services.runtime import Runtime, build_runtime
 from services.settings import Settings
-from tests.conftest import png_bytes
+from tests.conftest import ADMIN, png_bytes
 from web import create_app
-from workers.runtime import build_runtime
 
 
 def make_app(settings: Settings, encoder: Encoder) -> Flask:
-    services = build_services(settings, encoder=encoder)
-    runtime = build_runtime(settings, services)
-    return create_app(settings, runtime=runtime, keys=SqliteKeyStore(settings.data_dir / "keys.db"))
+    keys = SqliteKeyStore(settings.data_dir / "keys.db")
+    return create_app(settings, runtime=build_runtime(settings, encoder=encoder, keys=keys))
+
+
+def runtime_of(app: Flask) -> Runtime:
+    """The runtime an app was built with."""
+    rt: Runtime = app.extensions["sightline"]
+    return rt
 
 
 @pytest.fixture
 def app(settings: Settings, encoder: Encoder) -> Iterator[Flask]:
     app = make_app(settings, encoder)
     yield app
-    app.extensions["sightline"].runtime.close()
+    runtime_of(app).close()
 
 
 @pytest.fixture
@@ -39,8 +44,10 @@ def client(app: Flask) -> FlaskClient:
 
 @pytest.fixture
 def tokens(app: Flask) -> dict[str, str]:
-    keys = app.extensions["sightline"].keys
-    return {scope.value: keys.create(f"{scope.value}-key", [scope])[1] for scope in Scope}
+    access = runtime_of(app).access
+    return {
+        scope.value: access.create_key(ADMIN, f"{scope.value}-key", [scope])[1] for scope in Scope
+    }
 
 
 def auth(token: str) -> dict[str, str]:
@@ -48,7 +55,7 @@ def auth(token: str) -> dict[str, str]:
 
 
 def settle(app: Flask) -> None:
-    assert app.extensions["sightline"].runtime.dispatcher.join(timeout_s=60)
+    assert runtime_of(app).wait_idle(timeout_s=60)
 
 
 @pytest.fixture

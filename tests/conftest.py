@@ -17,15 +17,20 @@ import pytest
 from PIL import Image
 from qdrant_client import QdrantClient
 
-from services.container import Services, build_services
+from demo.tiny_model import build_tiny_clip
+from services.auth.principal import Principal, Scope, operator
 from services.encoder import Encoder
 from services.index.base import VectorIndex
 from services.index.edge import EdgeIndex
 from services.index.server import ServerIndex
+from services.runtime import Runtime, build_runtime
 from services.settings import Settings
-from tests.tiny_model import build_tiny_clip
+from services.tagging.taxonomy import Taxonomy
 
 INDEX_KINDS = ["embedded", "server"]
+# Callers for service calls: the local operator (admin) and a search-only key.
+ADMIN = operator("test")
+SEARCHER = Principal("key:searcher", frozenset({Scope.SEARCH}))
 pytest_plugins = ["tests.api_fixtures"]
 
 
@@ -73,10 +78,12 @@ def settings(tmp_path: Path, tiny_model_dir: Path) -> Settings:
 
 
 @pytest.fixture
-def services(settings: Settings, encoder: Encoder, index: VectorIndex) -> Iterator[Services]:
-    svc = build_services(settings, encoder=encoder, index=index)
-    svc.open()
-    yield svc
+def runtime(settings: Settings, encoder: Encoder, index: VectorIndex) -> Iterator[Runtime]:
+    """The whole service graph over the tiny model and one index adapter, opened."""
+    rt = build_runtime(settings, encoder=encoder, index=index)
+    rt.open()
+    yield rt
+    rt.close()
 
 
 @pytest.fixture
@@ -106,3 +113,8 @@ def jpeg_bytes(seed: int, size: tuple[int, int] = (48, 40), **save_kwargs: objec
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="JPEG", **save_kwargs)
     return buf.getvalue()
+
+
+def set_taxonomy(runtime: Runtime, taxonomy: Taxonomy) -> str:
+    """Make a taxonomy current without a re-tag job (as the admin); returns its version."""
+    return runtime.tagging.replace(ADMIN, taxonomy, retag=False)[0]

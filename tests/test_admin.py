@@ -9,10 +9,15 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from services.accounts import InvalidAccount, SqliteAccountStore, hash_password, verify_password
-from services.taxonomy import parse_taxonomy
-from tests.api_fixtures import settle
-from tests.conftest import png_bytes
+from services.auth.accounts import (
+    InvalidAccount,
+    SqliteAccountStore,
+    hash_password,
+    verify_password,
+)
+from services.tagging.taxonomy import parse_taxonomy
+from tests.api_fixtures import runtime_of, settle
+from tests.conftest import ADMIN, png_bytes, set_taxonomy
 
 PASSWORD = "correct horse battery"
 
@@ -25,7 +30,7 @@ def csrf(client: FlaskClient, path: str) -> str:
 
 
 def login(client: FlaskClient, app: Flask, username: str = "ops") -> None:
-    app.extensions["sightline"].accounts.create(username, PASSWORD)
+    runtime_of(app).access.create_account(ADMIN, username, PASSWORD)
     token = csrf(client, "/admin/login")
     r = client.post(
         "/admin/login",
@@ -66,7 +71,7 @@ def test_every_page_needs_login(client: FlaskClient) -> None:
 
 
 def test_login_rejects_bad_password_and_missing_csrf(app: Flask, client: FlaskClient) -> None:
-    app.extensions["sightline"].accounts.create("ops", PASSWORD)
+    runtime_of(app).access.create_account(ADMIN, "ops", PASSWORD)
     r = client.post("/admin/login", data={"username": "ops", "password": PASSWORD})
     assert r.status_code == 400  # no CSRF token
     token = csrf(client, "/admin/login")
@@ -83,8 +88,8 @@ def test_login_rejects_bad_password_and_missing_csrf(app: Flask, client: FlaskCl
 
 
 def test_pages_render_real_data(app: Flask, client: FlaskClient, catalog: list[str]) -> None:
-    services = app.extensions["sightline"].services
-    services.replace_taxonomy(parse_taxonomy("dimensions: [{name: colour, labels: [red, blue]}]"))
+    runtime = runtime_of(app)
+    set_taxonomy(runtime, parse_taxonomy("dimensions: [{name: colour, labels: [red, blue]}]"))
     login(client, app)
     page = client.get("/admin/search").get_data(as_text=True)
     assert page.count('class="tile') == 12 and "thumbnail" in page

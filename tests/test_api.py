@@ -1,4 +1,4 @@
-"""The HTTP API through Flask's test client over the real services (tiny model, real index)."""
+"""The HTTP API through Flask's test client over the real runtime (tiny model, real index)."""
 
 from __future__ import annotations
 
@@ -14,17 +14,17 @@ from PIL import Image
 from pydantic import SecretStr
 from sentence_transformers import SentenceTransformer
 
-from services.apikeys import Scope
-from services.container import build_services
+from services.auth.apikeys import Scope
 from services.encoder import Encoder
 from services.errors import ConfigError
 from services.images import decode_image
+from services.runtime import build_runtime
 from services.settings import ImageLimits, Settings
-from tests.api_fixtures import auth, make_app, settle
+from tests.api_fixtures import auth, make_app, runtime_of, settle
 from tests.brute import top_k
-from tests.conftest import jpeg_bytes, png_bytes
+from tests.conftest import ADMIN, jpeg_bytes, png_bytes
 from web import create_app
-from workers.runtime import build_runtime
+from workers.dispatch import dispatcher_for
 
 
 @pytest.fixture(scope="module")
@@ -49,12 +49,12 @@ def test_auth_and_scopes(app: Flask, client: FlaskClient, tokens: dict[str, str]
     assert (
         client.get("/api/v1/search?q=x", headers=auth(tokens["admin"])).status_code == 200
     )  # admin implies all
-    keys = app.extensions["sightline"].keys
+    keys = runtime_of(app).access.keys
     key_id = tokens["search"].split("_")[1]
     keys.revoke(key_id)
     assert client.get("/api/v1/search?q=x", headers=auth(tokens["search"])).status_code == 401
     assert tokens["ingest"] not in (
-        Path(app.extensions["sightline"].settings.data_dir) / "keys.db"
+        Path(runtime_of(app).settings.data_dir) / "keys.db"
     ).read_bytes().decode(errors="ignore")
 
 
@@ -108,7 +108,7 @@ def test_upload_refused_entirely_stores_nothing(
         r.status_code == 422 and r.json["error"]["code"] == "invalid_image"
     )  # no acceptable image
     assert "x.jpg" in r.json["error"]["message"]
-    assert list(app.extensions["sightline"].services.store.ids()) == []
+    assert list(runtime_of(app).store.ids()) == []
     # The same bytes as a query image get their own specific status.
     r = client.post(
         "/api/v1/search/image",
@@ -142,7 +142,7 @@ def test_upload_validation(client: FlaskClient, tokens: dict[str, str]) -> None:
 def test_request_too_large_is_413(settings: Settings, encoder: Encoder) -> None:
     settings.web.max_request_bytes = 4096
     app = make_app(settings, encoder)
-    token = app.extensions["sightline"].keys.create("k", [Scope.INGEST])[1]
+    token = runtime_of(app).access.create_key(ADMIN, "k", [Scope.INGEST])[1]
     r = app.test_client().post(
         "/api/v1/images",
         data={"files": [(io.BytesIO(b"\0" * 10000), "big.png")]},
@@ -150,7 +150,7 @@ def test_request_too_large_is_413(settings: Settings, encoder: Encoder) -> None:
         content_type="multipart/form-data",
     )
     assert r.status_code == 413 and r.json["error"]["code"] == "request_entity_too_large"
-    app.extensions["sightline"].runtime.close()
+    runtime_of(app).close()
 
 
 def test_search_matches_brute_force(
@@ -243,11 +243,11 @@ def test_image_metadata_file_thumbnail_delete(
 def test_quarantined_images_hidden_from_non_admin(
     app: Flask, client: FlaskClient, tokens: dict[str, str], catalog: list[str]
 ) -> None:
-    services = app.extensions["sightline"].services
+    runtime = runtime_of(app)
     hidden = catalog[5]
-    services.index.set_payload(
-        services.collections.images,
-        [services.search.resolve(hidden)],
+    runtime.index.set_payload(
+        runtime.collections.images,
+        [runtime.search.record(ADMIN, hidden).id],
         {"moderation_status": "quarantined"},
     )
     for token, visible in ((tokens["search"], False), (tokens["admin"], True)):
@@ -282,7 +282,7 @@ def test_url_ingest_endpoint(client: FlaskClient, tokens: dict[str, str]) -> Non
 def test_rate_limit_answers_429_with_retry_after(settings: Settings, encoder: Encoder) -> None:
     settings.web.rate_limit = "3/minute"
     app = make_app(settings, encoder)
-    token = app.extensions["sightline"].keys.create("k", [Scope.SEARCH])[1]
+    token = runtime_of(app).access.create_key(ADMIN, "k", [Scope.SEARCH])[1]
     c = app.test_client()
     statuses = [c.get("/api/v1/search?q=x", headers=auth(token)).status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
@@ -290,7 +290,7 @@ def test_rate_limit_answers_429_with_retry_after(settings: Settings, encoder: En
     assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
     assert r.json["error"]["code"] == "too_many_requests"
     assert c.get("/healthz").status_code == 200  # health checks are not limited
-    app.extensions["sightline"].runtime.close()
+    runtime_of(app).close()
 
 
 def test_security_headers(client: FlaskClient) -> None:
@@ -344,14 +344,12 @@ def test_not_ready_when_broker_down_and_secret_required(
 
     settings = Settings(data_dir=tmp_path / "d", model=str(tiny_model_dir))
     settings.queue.broker_url = f"redis://127.0.0.1:{free_port()}/0"
+    with pytest.raises(ConfigError, match="dispatcher"):
+        build_runtime(settings, encoder=encoder)  # a broker needs its (Celery) dispatcher
     with pytest.raises(ConfigError, match="SIGHTLINE_WEB__SECRET_KEY"):
-        create_app(
-            settings, runtime=build_runtime(settings, build_services(settings, encoder=encoder))
-        )
+        create_app(settings, build_runtime(settings, dispatcher_for(settings), encoder=encoder))
     settings.web.secret_key = SecretStr("s3cret-for-tests")
     settings.web.rate_limit_storage = "memory://"
-    app = create_app(
-        settings, runtime=build_runtime(settings, build_services(settings, encoder=encoder))
-    )
+    app = create_app(settings, build_runtime(settings, dispatcher_for(settings), encoder=encoder))
     r = app.test_client().get("/readyz")
     assert r.status_code == 503 and r.json["checks"]["broker"].startswith("unreachable")

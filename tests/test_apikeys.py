@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from services.apikeys import KeyStore, RedisKeyStore, Scope, SqliteKeyStore
-from services.errors import NotFound
+from services.auth.apikeys import KeyStore, RedisKeyStore, Scope, SqliteKeyStore
+from services.errors import InvalidInput, NotFound
 from tests.servers import RedisServer
 
 
@@ -39,5 +39,5 @@ def test_key_lifecycle(store: KeyStore) -> None:
     assert listed[key.id].revoked and not listed[admin.id].revoked
     with pytest.raises(NotFound):
         store.revoke("missing")
-    with pytest.raises(ValueError, match="scope"):
+    with pytest.raises(InvalidInput, match="scope"):
         store.create("nothing", [])

@@ -22,12 +22,12 @@ from werkzeug.serving import make_server
 
 from demo.catalog import DEMO_MODEL, catalog_items, flagged_copies, flagged_examples
 from demo.taxonomy import demo_taxonomy
-from services.apikeys import SqliteKeyStore
-from services.container import build_services
+from services.auth.apikeys import SqliteKeyStore
+from services.runtime import build_runtime
 from services.settings import Settings
+from tests.conftest import ADMIN, set_taxonomy
 from tests.servers import free_port
 from web import create_app
-from workers.runtime import build_runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "test-artifacts" / "screenshots"
@@ -40,14 +40,13 @@ DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Flask]]:
     data = tmp_path_factory.mktemp("dashboard")
     settings = Settings(data_dir=data, model=str(DEMO_MODEL), batch_size=64)
-    services = build_services(settings)
-    runtime = build_runtime(settings, services)
-    app = create_app(settings, runtime=runtime, keys=SqliteKeyStore(data / "keys.db"))
-    services.replace_taxonomy(demo_taxonomy())
+    runtime = build_runtime(settings, keys=SqliteKeyStore(data / "keys.db"))
+    app = create_app(settings, runtime=runtime)
+    set_taxonomy(runtime, demo_taxonomy())
     for payload, category, note in flagged_examples()[:1]:
-        services.flagged.add_image(payload, category, "test", threshold=0.99, note=note)
-    services.ingestor.ingest([*catalog_items(40, seed=3), *flagged_copies()[:1]])
-    app.extensions["sightline"].accounts.create("ops", PASSWORD)
+        runtime.moderation.flagged.add_image(payload, category, "test", threshold=0.99, note=note)
+    runtime.ingestor.ingest(ADMIN, [*catalog_items(40, seed=3), *flagged_copies()[:1]])
+    runtime.access.create_account(ADMIN, "ops", PASSWORD)
     port = free_port()
     http = make_server("127.0.0.1", port, app, threaded=True)
     thread = threading.Thread(target=http.serve_forever, daemon=True)
@@ -183,7 +182,7 @@ def test_approve_a_quarantined_image(browser: WebDriver, server: tuple[str, Flas
     audit = driver.find_element(By.ID, "audit").text
     assert "approve" in audit and "user:ops" in audit and "licensed reseller" in audit
     shot(driver, "08-approved-audit")
-    payload = app.extensions["sightline"].services.search.record(str(image_id)).payload
+    payload = app.extensions["sightline"].search.record(ADMIN, str(image_id)).payload
     assert payload["moderation_status"] == "approved"
     driver.get(f"{base}/admin/status")
     assert "points" in driver.find_element(By.ID, "status").text

@@ -12,10 +12,11 @@ import pytest
 from demo.catalog import DEMO_MODEL, catalog_items
 from demo.evaluate import ocr_effect, search_catalog, zero_shot
 from demo.taxonomy import demo_taxonomy
-from services.container import build_services
 from services.encoder import Encoder
 from services.ids import sha256_hex
+from services.runtime import build_runtime
 from services.settings import Settings
+from tests.conftest import ADMIN, set_taxonomy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,11 +42,11 @@ def test_zero_shot_accuracy_on_fresh_images(demo_encoder: Encoder) -> None:
 
 def test_text_search_finds_red_striped_dresses(tmp_path: Path, demo_encoder: Encoder) -> None:
     settings = Settings(data_dir=tmp_path / "data", model=str(DEMO_MODEL), batch_size=64)
-    services = build_services(settings, encoder=demo_encoder)
-    services.open()
-    report = services.ingestor.ingest(search_catalog(n_random=150, per_query=12, seed=5))
+    runtime = build_runtime(settings, encoder=demo_encoder)
+    runtime.open()
+    report = runtime.ingestor.ingest(ADMIN, search_catalog(n_random=150, per_query=12, seed=5))
     assert report.summary()["failed"] == 0
-    hits = services.search.text("red striped dress", k=10)
+    hits = runtime.search.text(ADMIN, "red striped dress", k=10)
     relevant = sum(
         (h.payload["colour"], h.payload["pattern"], h.payload["category"])
         == ("red", "striped", "dress")
@@ -53,12 +54,12 @@ def test_text_search_finds_red_striped_dresses(tmp_path: Path, demo_encoder: Enc
     )
     assert relevant >= 8
     # "More like this" on a red striped dress returns red striped items first.
-    similar = services.search.similar(hits[0].image_id, k=5)
+    similar = runtime.search.similar(ADMIN, hits[0].image_id, k=5)
     assert (
         sum(h.payload["colour"] == "red" and h.payload["pattern"] == "striped" for h in similar)
         >= 4
     )
-    services.close()
+    runtime.close()
 
 
 def test_demo_command_builds_the_catalog(tmp_path: Path) -> None:
@@ -80,21 +81,21 @@ def test_demo_command_builds_the_catalog(tmp_path: Path) -> None:
 def test_auto_tags_of_the_demo_taxonomy(tmp_path: Path, demo_encoder: Encoder) -> None:
     # Tags through the production path: taxonomy -> label vectors -> ingest payload.
     settings = Settings(data_dir=tmp_path / "data", model=str(DEMO_MODEL), batch_size=64)
-    services = build_services(settings, encoder=demo_encoder)
-    services.open()
-    services.replace_taxonomy(demo_taxonomy())
+    runtime = build_runtime(settings, encoder=demo_encoder)
+    runtime.open()
+    set_taxonomy(runtime, demo_taxonomy())
     items = list(catalog_items(120, seed=99))
-    services.ingestor.ingest(items)
+    runtime.ingestor.ingest(ADMIN, items)
     hits = {
         "category": 0,
         "colour": 0,
         "pattern": 0,
     }
     for item in items:
-        payload = services.search.record(sha256_hex(item.data)).payload
+        payload = runtime.search.record(ADMIN, sha256_hex(item.data)).payload
         for attr in hits:
             hits[attr] += payload["tags"][attr] == [item.metadata[attr]]
-    services.close()
+    runtime.close()
     n = len(items)
     # Bounds below the model card's measured tag accuracy (category 0.83, colour 0.94,
     # pattern 0.86 on 300 images), for the smaller sample.

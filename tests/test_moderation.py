@@ -15,7 +15,16 @@ from PIL import Image, ImageDraw
 
 from demo.synth import Product, render
 from services.audit import RedisAuditLog, SqliteAuditLog
-from services.layout import (
+from services.moderation.flagged import (
+    EntryKind,
+    FlaggedEntry,
+    FlaggedSet,
+    _Snapshot,
+    hamming,
+    hash_variants,
+    phash,
+)
+from services.moderation.layout import (
     CELLS,
     SIDE,
     TOLERANCE,
@@ -28,17 +37,8 @@ from services.layout import (
     layout_score,
     layout_thumbnail,
 )
-from services.moderation import (
-    EntryKind,
-    FlaggedEntry,
-    FlaggedSet,
-    _Snapshot,
-    hamming,
-    hash_variants,
-    phash,
-)
 from services.settings import ImageLimits, ModerationSettings
-from tests.api_fixtures import auth, settle
+from tests.api_fixtures import auth, runtime_of, settle
 from tests.servers import RedisServer
 
 
@@ -284,7 +284,7 @@ def test_near_duplicate_is_quarantined_and_hidden_from_search_keys(
 def test_moderate_checks_without_storing(
     app: Flask, client: FlaskClient, tokens: dict[str, str], flagged_catalog: dict[str, str]
 ) -> None:
-    store = app.extensions["sightline"].services.store
+    store = runtime_of(app).store
     before = sorted(store.ids())
     h = auth(tokens["ingest"])
     r = client.post(
@@ -304,13 +304,16 @@ def test_moderate_checks_without_storing(
     assert r.json == {"verdict": "clear", "category": None, "matches": []}
     r = client.post("/api/v1/moderate", json={"image_id": flagged_catalog["other"]}, headers=h)
     assert r.json["verdict"] == "clear"
-    r = client.post(
-        "/api/v1/moderate",
-        data={"file": (io.BytesIO(cropped_captioned(photo(7))), "c.jpg")},
-        headers=h,
-        content_type="multipart/form-data",
-    )
-    assert r.json["verdict"] == "quarantined"
+    for key in ("ingest", "admin"):
+        r = client.post(
+            "/api/v1/moderate",
+            data={"file": (io.BytesIO(cropped_captioned(photo(7))), "c.jpg")},
+            headers=auth(tokens[key]),
+            content_type="multipart/form-data",
+        )
+        assert r.json["verdict"] == "quarantined" and r.json["category"] == "prohibited"
+        if key == "ingest":  # which entries matched, and how closely, is for admins
+            assert r.json["matches"] == []
     assert r.json["matches"][0]["layout"] >= 0.86
     assert sorted(store.ids()) == before
     r = client.post(
@@ -354,7 +357,7 @@ def test_approve_and_reject_with_audit_records(
     assert results[second]["ok"] and results[second]["flagged_entry"]
     assert not results["f" * 64]["ok"]
     assert client.get(f"/api/v1/images/{second}", headers=admin).status_code == 404
-    assert not app.extensions["sightline"].services.store.exists(second)
+    assert not runtime_of(app).store.exists(second)
     assert len(client.get("/api/v1/flagged", headers=admin).json["entries"]) == 2
     assert client.get("/api/v1/moderation/queue", headers=admin).json["pending"] == 0
 
@@ -369,11 +372,11 @@ def test_approve_and_reject_with_audit_records(
 
     events = client.get("/api/v1/moderation/audit?limit=50", headers=admin).json["events"]
     actions = [(e["action"], e["target"]) for e in events]
-    assert ("approve", flagged_catalog["dup"]) in actions
-    assert ("reject", second) in actions
-    assert ("quarantine", second) in actions
+    assert ("image.approve", flagged_catalog["dup"]) in actions
+    assert ("image.reject", second) in actions
+    assert ("image.quarantine", second) in actions
     assert ("flag.add", flagged_catalog["entry"]) in actions
-    reject = next(e for e in events if e["action"] == "reject")
+    reject = next(e for e in events if e["action"] == "image.reject")
     assert reject["actor"] == "key:admin-key" and reject["reason"] == "counterfeit"
     assert client.get("/api/v1/moderation/audit", headers=search).status_code == 403
 
@@ -417,7 +420,7 @@ def test_text_concepts_edit_and_remove(
     assert entry["kind"] == "text" and entry["source"] == "a photo of a weapon"
     probe = {"file": (io.BytesIO(jpeg(photo(3))), "p.jpg")}
     r = client.post(
-        "/api/v1/moderate", data=probe, headers=ingest, content_type="multipart/form-data"
+        "/api/v1/moderate", data=probe, headers=admin, content_type="multipart/form-data"
     )
     assert r.json["verdict"] == "quarantined" and r.json["matches"][0]["kind"] == "text"
     r = client.patch(f"/api/v1/flagged/{entry['id']}", json={"threshold": 1.0}, headers=admin)

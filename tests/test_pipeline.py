@@ -11,16 +11,15 @@ from pathlib import Path
 import pytest
 from qdrant_client import QdrantClient
 
-from services.container import build_services
-from services.errors import InvalidImage, InvalidMetadata, NotFound
-from services.fetch import FetchRefused, fetch_image
+from services.errors import FetchRefused, InvalidImage, InvalidMetadata, NotFound
 from services.index.server import ServerIndex
-from services.ingest import IngestItem
-from services.jobs import JobStore, MemoryJobStore, RedisJobStore, State
+from services.ingest.fetch import fetch_image
+from services.ingest.intake import IngestItem
+from services.jobs.store import JobStore, MemoryJobStore, RedisJobStore, State
+from services.runtime import Runtime, build_runtime
 from services.settings import FetchSettings, Settings
-from tests.conftest import jpeg_bytes, png_bytes
+from tests.conftest import ADMIN, jpeg_bytes, png_bytes
 from tests.servers import RedisServer, free_port
-from workers.runtime import Runtime, build_runtime
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -92,15 +91,14 @@ def runtime(settings: Settings, encoder, index) -> Iterator[Runtime]:  # type: i
             ),
         }
     )
-    services = build_services(settings, encoder=encoder, index=index)
-    services.open()
-    rt = build_runtime(settings, services)
+    rt = build_runtime(settings, encoder=encoder, index=index)
+    rt.open()
     yield rt
-    rt.dispatcher.close()  # type: ignore[union-attr]
+    rt.close()
 
 
 def _settle(rt: Runtime) -> None:
-    assert rt.dispatcher.join(timeout_s=60)  # type: ignore[union-attr]
+    assert rt.wait_idle(timeout_s=60)
 
 
 def test_url_job(runtime: Runtime, http_server: str) -> None:
@@ -110,18 +108,18 @@ def test_url_job(runtime: Runtime, http_server: str) -> None:
         f"{http_server}/text",
         f"{http_server}/to-metadata",
     ]
-    job_id = runtime.uploads.ingest_urls(urls, {"source": "feed"})
+    job_id = runtime.uploads.ingest_urls(ADMIN, urls, {"source": "feed"})
     _settle(runtime)
-    job = runtime.uploads.job(job_id)
+    job = runtime.jobs.store.get(job_id)
     assert job.counts["done"] == 2 and job.counts["failed"] == 2 and job.state is State.DONE
-    reasons = {f["item"]: f["reason"] for f in runtime.uploads.failed_items(job_id)}
+    reasons = {f["item"]: f["reason"] for f in runtime.jobs.failed_items(ADMIN, job_id)}
     assert "not a recognised image" in reasons[f"{http_server}/text"]
     assert "169.254.169.254" in reasons[f"{http_server}/to-metadata"]
-    hits = runtime.services.search.text("anything", k=5)
+    hits = runtime.search.text(ADMIN, "anything", k=5)
     assert {h.payload["source_url"] for h in hits} == set(urls[:2])
     assert all(h.payload["source"] == "feed" for h in hits)
     with pytest.raises(InvalidMetadata):
-        runtime.uploads.ingest_urls(["file:///etc/passwd"])
+        runtime.uploads.ingest_urls(ADMIN, ["file:///etc/passwd"])
 
 
 def test_bulk_folder_job(runtime: Runtime, tmp_path: Path) -> None:
@@ -131,54 +129,56 @@ def test_bulk_folder_job(runtime: Runtime, tmp_path: Path) -> None:
         (folder / ("sub" if i % 2 else ".") / f"{i}.png").write_bytes(png_bytes(100 + i))
     (folder / "broken.jpg").write_bytes(b"not really")
     (folder / ".hidden.png").write_bytes(png_bytes(999))
-    job_id = runtime.uploads.bulk_folder(str(folder), {"sub/1.png": {"title": "one"}})
+    job_id = runtime.uploads.bulk_folder(ADMIN, str(folder), {"sub/1.png": {"title": "one"}})
     _settle(runtime)
-    job = runtime.uploads.job(job_id)
+    job = runtime.jobs.store.get(job_id)
     assert job.total == 7 and job.counts["done"] == 6 and job.counts["failed"] == 1
-    assert runtime.services.index.count(runtime.services.collections.images) == 6
+    assert runtime.index.count(runtime.collections.images) == 6
     assert [
         h.payload.get("title")
-        for h in runtime.services.search.text("x", k=10, flt=None)
+        for h in runtime.search.text(ADMIN, "x", k=10, flt=None)
         if h.payload.get("title")
     ] == ["one"]
-    missing = runtime.uploads.bulk_folder(str(tmp_path / "nope"))
+    missing = runtime.uploads.bulk_folder(ADMIN, str(tmp_path / "nope"))
     _settle(runtime)
-    assert runtime.uploads.job(missing).state is State.FAILED
+    assert runtime.jobs.store.get(missing).state is State.FAILED
 
 
 def test_upload_refuses_bad_items_and_stores_nothing_for_them(runtime: Runtime) -> None:
     receipt = runtime.uploads.upload(
-        [IngestItem(png_bytes(5), "ok.png"), IngestItem(b"junk", "bad.jpg")]
+        ADMIN, [IngestItem(png_bytes(5), "ok.png"), IngestItem(b"junk", "bad.jpg")]
     )
     assert [r["filename"] for r in receipt.refused] == ["bad.jpg"]
     _settle(runtime)
-    assert runtime.uploads.job(receipt.job_id).counts["done"] == 1  # type: ignore[arg-type]
+    assert runtime.jobs.store.get(receipt.job_id).counts["done"] == 1  # type: ignore[arg-type]
     with pytest.raises(InvalidImage, match=r"bad\.jpg"):
-        runtime.uploads.upload([IngestItem(b"junk", "bad.jpg")])
-    assert len(list(runtime.services.store.ids())) == 1
+        runtime.uploads.upload(ADMIN, [IngestItem(b"junk", "bad.jpg")])
+    assert len(list(runtime.store.ids())) == 1
 
 
 def test_reconcile_requeues_stored_images_without_points(runtime: Runtime) -> None:
-    orphan = runtime.services.store.put(png_bytes(77))  # e.g. a worker crashed before upsert
-    job_id, n = runtime.uploads.reconcile()
+    orphan = runtime.store.put(png_bytes(77))  # e.g. a worker crashed before upsert
+    job_id, n = runtime.uploads.reconcile(ADMIN)
     assert n == 1 and job_id
     _settle(runtime)
-    assert runtime.services.search.resolve(orphan)
-    assert runtime.uploads.reconcile() == (None, 0)
+    assert runtime.search.record(ADMIN, orphan).id
+    assert runtime.uploads.reconcile(ADMIN) == (None, 0)
 
 
 def test_delete_job(runtime: Runtime) -> None:
-    receipt = runtime.uploads.upload([IngestItem(png_bytes(i), f"{i}.png") for i in range(3)])
+    receipt = runtime.uploads.upload(
+        ADMIN, [IngestItem(png_bytes(i), f"{i}.png") for i in range(3)]
+    )
     _settle(runtime)
     victim = receipt.accepted[0]["image_id"]
-    job_id = runtime.uploads.delete([victim])
+    job_id = runtime.uploads.delete(ADMIN, [victim])
     _settle(runtime)
-    assert runtime.uploads.job(job_id).state is State.DONE
-    assert not runtime.services.store.exists(victim)
+    assert runtime.jobs.store.get(job_id).state is State.DONE
+    assert not runtime.store.exists(victim)
     with pytest.raises(NotFound):
-        runtime.services.search.resolve(victim)
+        runtime.search.record(ADMIN, victim)
     with pytest.raises(NotFound):
-        runtime.uploads.delete(["0" * 64])
+        runtime.uploads.delete(ADMIN, ["0" * 64])
 
 
 def test_transient_index_failure_retries_then_fails_and_can_be_retried(
@@ -200,25 +200,23 @@ def test_transient_index_failure_retries_then_fails_and_can_be_retried(
             "index": settings.index.model_copy(update={"collection_prefix": ""}),
         }
     )
-    services = build_services(settings, encoder=encoder, index=down)
-    rt = build_runtime(settings, services)
-    receipt = rt.uploads.upload([IngestItem(png_bytes(1), "a.png", {"title": "kept"})])
+    rt = build_runtime(settings, encoder=encoder, index=down)
+    receipt = rt.uploads.upload(ADMIN, [IngestItem(png_bytes(1), "a.png", {"title": "kept"})])
     _settle(rt)
-    (failed,) = rt.uploads.failed_items(receipt.job_id)  # type: ignore[arg-type]
+    (failed,) = rt.jobs.failed_items(ADMIN, receipt.job_id)  # type: ignore[arg-type]
     assert "gave up after 2 retries" in failed["reason"] and "unreachable" in failed["reason"]
     # The index comes back (here: another adapter over local storage); retry the failed item.
     up = ServerIndex(QdrantClient(path=str(tmp_path / "qdrant-up")))
-    services2 = build_services(settings, encoder=encoder, index=up)
-    services2.open()
-    rt.pipeline.ingestor = services2.ingestor
-    rt.uploads.ingestor = services2.ingestor
-    assert rt.uploads.retry_failed(receipt.job_id) == 1  # type: ignore[arg-type]
+    rt2 = build_runtime(settings, encoder=encoder, index=up)
+    rt2.open()
+    rt.pipeline.indexer = rt2.ingestor.indexer
+    assert rt.uploads.retry_failed(ADMIN, receipt.job_id) == 1
     _settle(rt)
-    assert rt.uploads.job(receipt.job_id).state is State.DONE  # type: ignore[arg-type]
-    (hit,) = services2.search.text("x", k=1)
+    assert rt.jobs.store.get(receipt.job_id).state is State.DONE
+    (hit,) = rt2.search.text(ADMIN, "x", k=1)
     assert hit.payload["title"] == "kept"  # metadata survived the retry
-    rt.dispatcher.close()  # type: ignore[union-attr]
-    up.close()
+    rt2.close()
+    rt.worker.close()  # type: ignore[union-attr]
 
 
 @pytest.fixture(params=["memory", "redis"])

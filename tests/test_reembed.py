@@ -10,32 +10,30 @@ import pytest
 from PIL import Image
 from sentence_transformers import SentenceTransformer
 
-from services.container import build_services
 from services.encoder import Encoder
-from services.errors import InvalidMetadata, ModelMismatch
+from services.errors import InvalidInput, ModelMismatch
 from services.index.base import VectorIndex
-from services.ingest import IngestItem
-from services.jobs import State
+from services.ingest.intake import IngestItem
+from services.jobs.store import State
+from services.runtime import build_runtime
 from services.settings import Settings
 from tests.brute import top_k
-from tests.conftest import png_bytes
-from workers.runtime import build_runtime
+from tests.conftest import ADMIN, png_bytes
 
 
 def test_reembed_then_switch(
     settings: Settings, encoder: Encoder, index: VectorIndex, other_model_dir: Path
 ) -> None:
-    services = build_services(settings, encoder=encoder, index=index)
-    services.open()
+    runtime = build_runtime(settings, encoder=encoder, index=index)
+    runtime.open()
     items = [IngestItem(png_bytes(i), f"{i}.png", {"title": f"t{i}"}) for i in range(10)]
-    ids = [r.image_id for r in services.ingestor.ingest(items).results]
-    text_entry = services.flagged.add_text("a photo of a weapon", "weapons", "t")
-    image_entry = services.flagged.add_image(png_bytes(99), "counterfeit", "t")
-    runtime = build_runtime(settings, services)
+    ids = [r.image_id for r in runtime.ingestor.ingest(ADMIN, items).results]
+    text_entry = runtime.moderation.flagged.add_text("a photo of a weapon", "weapons", "t")
+    image_entry = runtime.moderation.flagged.add_image(png_bytes(99), "counterfeit", "t")
 
-    job_id = runtime.uploads.reembed(str(other_model_dir), "v2_")
-    assert runtime.dispatcher.join(timeout_s=120)  # type: ignore[union-attr]
-    job = runtime.uploads.job(job_id)
+    job_id = runtime.uploads.reembed(ADMIN, str(other_model_dir), "v2_")
+    assert runtime.wait_idle(timeout_s=120)
+    job = runtime.jobs.store.get(job_id)
     assert job.state is State.DONE and job.counts["done"] == 10
     assert index.active_prefix() == "v2_"
     assert index.count("v2_images") == 10 and index.count("images") == 10  # old set kept
@@ -70,25 +68,24 @@ def test_reembed_then_switch(
 
     # After the switch a process with the new model uses the new set...
     new_settings = settings.model_copy(update={"model": str(other_model_dir)})
-    switched = build_services(new_settings, encoder=Encoder(str(other_model_dir)), index=index)
+    switched = build_runtime(new_settings, encoder=Encoder(str(other_model_dir)), index=index)
     assert switched.collections.images == "v2_images"
     switched.open()
     q = reference.encode(["a red dress"], normalize_embeddings=True)[0]
-    hits = switched.search.text("a red dress", k=4)
+    hits = switched.search.text(ADMIN, "a red dress", k=4)
     assert [h.image_id for h in hits] == [w[0] for w in top_k(q, ids, want, 4)]
     # ...and a process still on the old model is refused with a clear message.
-    stale = build_services(settings, encoder=encoder, index=index)
+    stale = build_runtime(settings, encoder=encoder, index=index)
     with pytest.raises(ModelMismatch, match="Re-embed"):
         stale.open()
-    runtime.dispatcher.close()  # type: ignore[union-attr]
+    runtime.close()
 
 
 def test_reembed_needs_a_new_prefix(
     settings: Settings, encoder: Encoder, index: VectorIndex
 ) -> None:
-    services = build_services(settings, encoder=encoder, index=index)
-    services.open()
-    runtime = build_runtime(settings, services)
-    with pytest.raises(InvalidMetadata):
-        runtime.uploads.reembed("whatever", "")
-    runtime.dispatcher.close()  # type: ignore[union-attr]
+    runtime = build_runtime(settings, encoder=encoder, index=index)
+    runtime.open()
+    with pytest.raises(InvalidInput, match="prefix"):
+        runtime.uploads.reembed(ADMIN, "whatever", "")
+    runtime.close()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from services.errors import ConfigError
-from services.filters import InvalidFilter, parse_filters
+from services.errors import ConfigError, InvalidFilter
+from services.filters import parse_filters
 from services.index.base import Range
 from services.settings import DEFAULT_MODEL, IndexBackend, load_settings
 

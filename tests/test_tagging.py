@@ -7,20 +7,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.container import Services, build_services
+from demo.tiny_model import build_tiny_siglip
 from services.encoder import Encoder, ModelFamily
+from services.errors import InvalidTaxonomy
 from services.filters import parse_filters
 from services.ids import point_id
 from services.index.base import VectorIndex
-from services.ingest import IngestItem
-from services.jobs import SCAN_ITEM, MemoryJobStore, State
-from services.labels import label_point_id
-from services.retag import retag
+from services.ingest.intake import IngestItem
+from services.jobs.store import SCAN_ITEM, MemoryJobStore, State
+from services.runtime import Runtime, build_runtime
 from services.settings import Settings
-from services.tagging import label_probabilities
-from services.taxonomy import InvalidTaxonomy, parse_taxonomy
-from tests.conftest import make_index, png_bytes
-from tests.tiny_model import build_tiny_siglip
+from services.tagging.labels import label_point_id
+from services.tagging.retag import retag
+from services.tagging.scoring import label_probabilities
+from services.tagging.taxonomy import parse_taxonomy
+from tests.conftest import ADMIN, make_index, png_bytes, set_taxonomy
 
 TAXONOMY = """
 templates: ["a photo of a {label}", "a product photo of a {label}"]
@@ -52,10 +53,10 @@ def expected_label_vector(encoder: Encoder, prompts: list[str]) -> np.ndarray:
 
 
 def test_stored_label_vectors_are_normalised_prompt_means(
-    services: Services, encoder: Encoder
+    runtime: Runtime, encoder: Encoder
 ) -> None:
     taxonomy = parse_taxonomy(TAXONOMY)
-    version = services.replace_taxonomy(taxonomy)
+    version = runtime.tagging.replace(ADMIN, taxonomy, retag=False)[0]
     expected = {
         ("colour", "red"): ["a photo of a red", "a product photo of a red"],
         ("style", "summer"): ["a light summer outfit", "clothes for hot weather"],
@@ -63,8 +64,8 @@ def test_stored_label_vectors_are_normalised_prompt_means(
         ("pattern", "dotted"): ["a dotted pattern"],
     }
     for (dim, label), prompts in expected.items():
-        [record] = services.index.retrieve(
-            services.collections.labels, [label_point_id(version, dim, label)], with_vectors=True
+        [record] = runtime.index.retrieve(
+            runtime.collections.labels, [label_point_id(version, dim, label)], with_vectors=True
         )
         assert record.payload["prompts"] == prompts
         assert record.payload["version"] == version
@@ -72,34 +73,34 @@ def test_stored_label_vectors_are_normalised_prompt_means(
             record.vector, expected_label_vector(encoder, prompts), atol=1e-5
         )
     # 3 + 2 + 2 labels, nothing else in the collection.
-    assert services.index.count(services.collections.labels) == 7
+    assert runtime.index.count(runtime.collections.labels) == 7
 
 
-def test_replacing_the_taxonomy_removes_old_label_vectors(services: Services) -> None:
-    services.replace_taxonomy(parse_taxonomy(TAXONOMY))
-    v2 = services.replace_taxonomy(
-        parse_taxonomy("dimensions: [{name: colour, labels: [black, white]}]")
+def test_replacing_the_taxonomy_removes_old_label_vectors(runtime: Runtime) -> None:
+    set_taxonomy(runtime, parse_taxonomy(TAXONOMY))
+    v2 = set_taxonomy(
+        runtime, parse_taxonomy("dimensions: [{name: colour, labels: [black, white]}]")
     )
-    records, _ = services.index.scroll(services.collections.labels, limit=100)
+    records, _ = runtime.index.scroll(runtime.collections.labels, limit=100)
     assert {r.payload["version"] for r in records} == {v2}
     assert sorted(r.payload["label"] for r in records) == ["black", "white"]
 
 
 def test_clip_single_label_is_a_softmax_that_sums_to_one(
-    services: Services, encoder: Encoder
+    runtime: Runtime, encoder: Encoder
 ) -> None:
-    services.replace_taxonomy(parse_taxonomy(TAXONOMY))
-    services.ingestor.ingest([IngestItem(png_bytes(i), f"{i}.png") for i in range(4)])
-    labels = services.labels.current()
+    set_taxonomy(runtime, parse_taxonomy(TAXONOMY))
+    runtime.ingestor.ingest(ADMIN, [IngestItem(png_bytes(i), f"{i}.png") for i in range(4)])
+    labels = runtime.tagging.labels.current()
     assert labels is not None
     colour = next(d for d in labels.dimensions if d.name == "colour")
     scale = encoder.logit_scale
     for i in range(4):
-        record = services.search.record(point_id_of(services, i), with_vector=True)
+        record = runtime.search.record(ADMIN, point_id_of(runtime, i), with_vector=True)
         cos = unit(np.asarray(colour.vectors, dtype=np.float64)) @ np.asarray(record.vector)
         z = np.exp(scale * cos - (scale * cos).max())
         probs = dict(zip(colour.labels, z / z.sum(), strict=True))
-        [result] = services.tagger.score(record.vector[None, :], labels)
+        [result] = runtime.tagging.tagger.score(record.vector[None, :], labels)
         got = dict(result.dimensions[0].scores)
         assert sum(got.values()) == pytest.approx(1.0, abs=1e-6)
         for name, p in probs.items():
@@ -109,19 +110,19 @@ def test_clip_single_label_is_a_softmax_that_sums_to_one(
         assert record.payload["taxonomy_version"] == labels.version
 
 
-def point_id_of(services: Services, seed: int) -> str:
+def point_id_of(runtime: Runtime, seed: int) -> str:
     from services.ids import sha256_hex
 
     return point_id(sha256_hex(png_bytes(seed)))
 
 
 def test_multi_label_uses_per_label_probabilities_and_thresholds(
-    services: Services, encoder: Encoder
+    runtime: Runtime, encoder: Encoder
 ) -> None:
-    labels = services.labels.replace(parse_taxonomy(TAXONOMY))
+    labels = runtime.tagging.labels.replace(parse_taxonomy(TAXONOMY))
     style = next(d for d in labels.dimensions if d.name == "style")
     vectors = encoder.encode_images([_image(i) for i in range(6)])
-    results = services.tagger.score(vectors, labels)
+    results = runtime.tagging.tagger.score(vectors, labels)
     centroid = unit(style.vectors.astype(np.float64).mean(axis=0))
     for v, result in zip(vectors, results, strict=True):
         dim = next(d for d in result.dimensions if d.name == "style")
@@ -145,16 +146,16 @@ def _image(seed: int):  # type: ignore[no-untyped-def]
 def test_siglip_scores_with_sigmoid_scale_and_bias(tmp_path: Path) -> None:
     model = build_tiny_siglip(tmp_path / "siglip", logit_scale=12.0, logit_bias=-3.5)
     settings = Settings(data_dir=tmp_path / "data", model=str(model), batch_size=4)
-    services = build_services(settings, index=make_index("embedded", tmp_path))
-    services.open()
+    runtime = build_runtime(settings, index=make_index("embedded", tmp_path))
+    runtime.open()
     try:
-        encoder = services.encoder
+        encoder = runtime.encoder
         assert encoder.family is ModelFamily.SIGLIP
         assert encoder.logit_scale == pytest.approx(12.0, rel=1e-5)
         assert encoder.logit_bias == pytest.approx(-3.5)
-        labels = services.labels.replace(parse_taxonomy(TAXONOMY))
+        labels = runtime.tagging.labels.replace(parse_taxonomy(TAXONOMY))
         vectors = encoder.encode_images([_image(i) for i in range(3)])
-        for v, result in zip(vectors, services.tagger.score(vectors, labels), strict=True):
+        for v, result in zip(vectors, runtime.tagging.tagger.score(vectors, labels), strict=True):
             for dim, dv in zip(result.dimensions, labels.dimensions, strict=True):
                 cos = dv.vectors.astype(np.float64) @ v
                 want = 1 / (1 + np.exp(-(12.0 * cos - 3.5)))
@@ -162,7 +163,7 @@ def test_siglip_scores_with_sigmoid_scale_and_bias(tmp_path: Path) -> None:
                 for name, p in zip(dv.labels, want, strict=True):
                     assert got[name] == pytest.approx(p, rel=1e-4)
     finally:
-        services.close()
+        runtime.close()
 
 
 def test_probability_functions_against_formulas() -> None:
@@ -175,38 +176,38 @@ def test_probability_functions_against_formulas() -> None:
     assert sig.sum() != pytest.approx(1.0)
 
 
-def test_tag_filters_and_retag_after_a_taxonomy_change(services: Services) -> None:
-    services.replace_taxonomy(parse_taxonomy(TAXONOMY))
-    services.ingestor.ingest([IngestItem(png_bytes(i), f"{i}.png") for i in range(8)])
-    records, _ = services.index.scroll(services.collections.images, limit=100)
+def test_tag_filters_and_retag_after_a_taxonomy_change(runtime: Runtime) -> None:
+    set_taxonomy(runtime, parse_taxonomy(TAXONOMY))
+    runtime.ingestor.ingest(ADMIN, [IngestItem(png_bytes(i), f"{i}.png") for i in range(8)])
+    records, _ = runtime.index.scroll(runtime.collections.images, limit=100)
     by_colour: dict[str, set[str]] = {}
     for r in records:
         by_colour.setdefault(r.payload["tags"]["colour"][0], set()).add(r.id)
     for colour, ids in by_colour.items():
         flt = parse_filters([f"tags.colour={colour}"])
-        assert services.index.count(services.collections.images, flt) == len(ids)
-        hits = services.search.text("a photo", 10, flt)
+        assert runtime.index.count(runtime.collections.images, flt) == len(ids)
+        hits = runtime.search.text(ADMIN, "a photo", 10, flt)
         assert {h.payload["image_id"] for h in hits} == {
-            services.search.record(i).payload["image_id"] for i in ids
+            runtime.search.record(ADMIN, i).payload["image_id"] for i in ids
         }
 
-    new = services.replace_taxonomy(
-        parse_taxonomy("dimensions: [{name: shade, labels: [dark, light]}]")
+    new = set_taxonomy(
+        runtime, parse_taxonomy("dimensions: [{name: shade, labels: [dark, light]}]")
     )
     jobs = MemoryJobStore()
     job = jobs.create("retag", [SCAN_ITEM])
     n = retag(
-        index=services.index,
-        collection=services.collections.images,
-        store=services.store,
-        tagger=services.tagger,
+        index=runtime.index,
+        collection=runtime.collections.images,
+        store=runtime.store,
+        tagger=runtime.tagging.tagger,
         jobs=jobs,
         job_id=job,
     )
     assert n == 8
     status = jobs.get(job)
     assert status.state is State.DONE and status.total == 9
-    records, _ = services.index.scroll(services.collections.images, limit=100)
+    records, _ = runtime.index.scroll(runtime.collections.images, limit=100)
     assert {r.payload["taxonomy_version"] for r in records} == {new}
     assert all(set(r.payload["tags"]) == {"shade"} for r in records)
 

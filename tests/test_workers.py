@@ -12,18 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from services.container import build_services
+from demo.tiny_model import build_tiny_clip
 from services.ids import point_id
 from services.index.edge import EdgeIndex
-from services.ingest import IngestItem
-from services.jobs import State
-from services.labels import RedisTaxonomyStore
+from services.ingest.intake import IngestItem
+from services.jobs.store import State
+from services.runtime import Runtime, build_runtime
 from services.settings import Settings
-from services.taxonomy import parse_taxonomy
-from tests.conftest import png_bytes
+from services.tagging.labels import RedisTaxonomyStore
+from services.tagging.taxonomy import parse_taxonomy
+from tests.conftest import ADMIN, png_bytes
 from tests.servers import RedisServer, WorkerProcess, wait_for
-from tests.tiny_model import build_tiny_clip
-from workers.runtime import Runtime, build_runtime
+from workers.dispatch import dispatcher_for
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,8 @@ def _publisher(env: dict[str, str]) -> Runtime:
     try:
         from services.settings import load_settings
 
-        return build_runtime(load_settings())
+        settings = load_settings()
+        return build_runtime(settings, dispatcher_for(settings))
     finally:
         for k, v in old.items():
             if v is None:
@@ -108,18 +109,18 @@ def _indexed_ids(tmp_path: Path) -> list[str]:
 
 def _upload(runtime: Runtime, seeds: range) -> tuple[str, list[str]]:
     receipt = runtime.uploads.upload(
-        [IngestItem(png_bytes(s), f"img{s}.png", {"n": s}) for s in seeds]
+        ADMIN, [IngestItem(png_bytes(s), f"img{s}.png", {"n": s}) for s in seeds]
     )
     assert receipt.job_id is not None and not receipt.refused
     return receipt.job_id, [a["image_id"] for a in receipt.accepted]
 
 
 def _deliveries(runtime: Runtime, job_id: str) -> int:
-    return sum(i.attempts for i in runtime.jobs.items(job_id))
+    return sum(i.attempts for i in runtime.jobs.store.items(job_id))
 
 
 def _done(runtime: Runtime, job_id: str) -> bool:
-    return runtime.uploads.job(job_id).state in (State.DONE, State.FAILED)
+    return runtime.jobs.store.get(job_id).state in (State.DONE, State.FAILED)
 
 
 def test_fifty_uploads_indexed_once(
@@ -134,7 +135,7 @@ def test_fifty_uploads_indexed_once(
     wait_for(
         lambda: _done(publisher, job_id) and _done(publisher, dup_job), 120, "the jobs to finish"
     )
-    job = publisher.uploads.job(job_id)
+    job = publisher.jobs.store.get(job_id)
     assert job.state is State.DONE and job.counts["done"] == 50 and job.counts["failed"] == 0
     worker.stop()
     ids = _indexed_ids(tmp_path)
@@ -150,9 +151,9 @@ def test_sigkill_mid_batch_then_restart_indexes_each_once(
     worker = make_worker(env).start()
     publisher = _publisher(env)
     job_id, image_ids = _upload(publisher, range(50))
-    wait_for(lambda: publisher.uploads.job(job_id).counts["done"] >= 8, 120, "a first batch")
+    wait_for(lambda: publisher.jobs.store.get(job_id).counts["done"] >= 8, 120, "a first batch")
     worker.kill()
-    done_at_kill = publisher.uploads.job(job_id).counts["done"]
+    done_at_kill = publisher.jobs.store.get(job_id).counts["done"]
     assert 8 <= done_at_kill < 50, "the worker finished before it could be killed mid-job"
     # The killed worker's reserved, unacknowledged messages come back after the visibility
     # timeout and are processed by the restarted worker.
@@ -160,7 +161,7 @@ def test_sigkill_mid_batch_then_restart_indexes_each_once(
     wait_for(
         lambda: _done(publisher, job_id), 180, "the job to finish after restart", interval_s=0.2
     )
-    job = publisher.uploads.job(job_id)
+    job = publisher.jobs.store.get(job_id)
     assert job.counts["done"] == 50 and job.counts["failed"] == 0
     worker.stop()
     ids = _indexed_ids(tmp_path)
@@ -179,12 +180,12 @@ def test_reserved_messages_of_a_killed_worker_are_not_lost(
     r = redis_server.client()
     wait_for(lambda: r.hlen("unacked") == 10, 30, "the worker to reserve all 10 messages")
     worker.kill()
-    assert publisher.uploads.job(job_id).counts["done"] == 0
+    assert publisher.jobs.store.get(job_id).counts["done"] == 0
     worker.start(SIGHTLINE_QUEUE__BATCH_MAX_WAIT_S="0.2")
     wait_for(
         lambda: _done(publisher, job_id), 120, "redelivery of the reserved messages", interval_s=0.2
     )
-    assert publisher.uploads.job(job_id).counts["done"] == 10
+    assert publisher.jobs.store.get(job_id).counts["done"] == 10
     worker.stop()
     assert sorted(_indexed_ids(tmp_path)) == sorted(point_id(i) for i in image_ids)
 
@@ -196,21 +197,21 @@ def test_corrupt_image_fails_with_reason_and_adds_no_point(
     publisher = _publisher(env)
     # A client that bypassed the API's validation: corrupt bytes already in the store.
     good = png_bytes(1, size=(200, 200))
-    corrupt_id = publisher.services.store.put(good[: len(good) // 3])
-    fine_id = publisher.services.store.put(png_bytes(2))
+    corrupt_id = publisher.store.put(good[: len(good) // 3])
+    fine_id = publisher.store.put(png_bytes(2))
     worker = make_worker(env).start()
-    job_id = publisher.uploads.ingest_stored([corrupt_id, fine_id])
+    job_id = publisher.uploads.ingest_stored(ADMIN, [corrupt_id, fine_id])
     wait_for(lambda: _done(publisher, job_id), 60, "the job to settle")
-    job = publisher.uploads.job(job_id)
+    job = publisher.jobs.store.get(job_id)
     assert job.state is State.DONE and job.counts == {
         "queued": 0,
         "processing": 0,
         "done": 1,
         "failed": 1,
     }
-    (failed,) = publisher.uploads.failed_items(job_id)
+    (failed,) = publisher.jobs.failed_items(ADMIN, job_id)
     assert failed["item"] == corrupt_id and "corrupt or truncated PNG" in failed["reason"]
-    assert not publisher.services.store.exists(corrupt_id)  # nothing half-written remains
+    assert not publisher.store.exists(corrupt_id)  # nothing half-written remains
     worker.stop()
     assert _indexed_ids(tmp_path) == [point_id(fine_id)]
 
@@ -227,7 +228,7 @@ def test_worker_survives_redis_restart(
     wait_for(
         lambda: _done(publisher, job_id), 120, "the upload after the Redis restart", interval_s=0.2
     )
-    assert publisher.uploads.job(job_id).counts["done"] == 3
+    assert publisher.jobs.store.get(job_id).counts["done"] == 3
     worker.stop()
     assert sorted(_indexed_ids(tmp_path)) == sorted(point_id(i) for i in image_ids)
 
@@ -251,22 +252,21 @@ def test_item_that_keeps_killing_its_worker_ends_failed(
         worker.kill()
     worker.start()  # third delivery: over the budget, given up without processing
     wait_for(lambda: _done(publisher, job_id), 60, "the item to be given up", interval_s=0.2)
-    (failed,) = publisher.uploads.failed_items(job_id)
+    (failed,) = publisher.jobs.failed_items(ADMIN, job_id)
     assert "gave up after 2 deliveries" in failed["reason"]
     assert failed["attempts"] == 3
     worker.stop()
 
 
 def test_embedded_mode_runs_the_same_pipeline_in_process(settings: Settings, encoder) -> None:  # type: ignore[no-untyped-def]
-    services = build_services(settings, encoder=encoder)
-    services.open()
-    runtime = build_runtime(settings, services)
-    assert runtime.embedded
+    runtime = build_runtime(settings, encoder=encoder)
+    runtime.open()
+    assert runtime.local
     job_id, _ = _upload(runtime, range(12))
-    assert runtime.dispatcher.join(timeout_s=60)  # type: ignore[union-attr]
-    job = runtime.uploads.job(job_id)
+    assert runtime.wait_idle(timeout_s=60)
+    job = runtime.jobs.store.get(job_id)
     assert job.state is State.DONE and job.counts["done"] == 12
-    assert services.index.count(services.collections.images) == 12
+    assert runtime.index.count(runtime.collections.images) == 12
     runtime.close()
 
 

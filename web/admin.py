@@ -27,16 +27,16 @@ from flask import (
 )
 from flask.typing import ResponseReturnValue
 
-from services.errors import InvalidImage, InvalidMetadata, NotFound, SightlineError
+from services.auth.principal import Principal
+from services.auth.service import user_principal
+from services.errors import InvalidInput, SightlineError
 from services.filters import parse_filters
-from services.ids import is_image_id
-from services.ingest import IngestItem
-from services.labels import embed_taxonomy
-from services.review import Decision
-from services.search import SearchHit
-from services.tagging import score_vectors
-from services.taxonomy import Taxonomy, parse_taxonomy
-from web.api import ext
+from services.ingest.intake import IngestItem
+from services.moderation.review import Decision
+from services.search.service import SearchHit
+from services.tagging.scoring import TagResult
+from services.tagging.taxonomy import Taxonomy, parse_taxonomy
+from web.extension import runtime
 
 bp = Blueprint(
     "admin",
@@ -88,8 +88,11 @@ def _safe_next(target: str | None) -> str:
     return url_for("admin.search")
 
 
-def _actor() -> str:
-    return f"user:{user()}"
+def caller() -> Principal:
+    """The logged-in user as the services see them."""
+    name = user()
+    assert name is not None  # login_required ran
+    return user_principal(name)
 
 
 @bp.app_context_processor
@@ -106,10 +109,10 @@ def login() -> ResponseReturnValue:
     if request.method == "POST":
         username = request.form.get("username", "").strip()
         password = request.form.get("password", "")
-        account = ext().accounts.authenticate(username, password)
-        if account is not None:
+        principal = runtime().access.login(username, password)
+        if principal is not None:
             session.clear()
-            session["user"] = account.username
+            session["user"] = username
             session.permanent = True
             return redirect(_safe_next(request.args.get("next")))
         error = "Wrong username or password."
@@ -136,16 +139,15 @@ def home() -> ResponseReturnValue:
 @login_required
 def thumbnail(image_id: str) -> ResponseReturnValue:
     size = request.args.get("size", "256")
-    data = ext().services.thumbnails.get(image_id, int(size) if size.isdigit() else 256)
+    data = runtime().search.thumbnail(caller(), image_id, int(size) if size.isdigit() else 256)
     return Response(data, mimetype="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
 @bp.get("/images/<image_id>/file")
 @login_required
 def original(image_id: str) -> ResponseReturnValue:
-    record = ext().services.search.record(image_id)
-    data = ext().services.store.get(str(record.payload["image_id"]))
-    mime = f"image/{str(record.payload.get('format', 'jpeg')).lower()}"
+    data, fmt = runtime().search.original(caller(), image_id)
+    mime = f"image/{(fmt or 'jpeg').lower()}"
     return Response(data, mimetype=mime, headers={"Cache-Control": "private, max-age=3600"})
 
 
@@ -157,8 +159,8 @@ def _tag_filters(dimensions: list[str]) -> tuple[list[str], dict[str, str]]:
 @bp.route("/search", methods=["GET", "POST"])
 @login_required
 def search() -> ResponseReturnValue:
-    services = ext().services
-    taxonomy = services.labels.store.get()
+    rt = runtime()
+    taxonomy = rt.tagging.taxonomy(caller())
     dimensions = [d.name for d in taxonomy.dimensions] if taxonomy else []
     q = request.values.get("q", "").strip()
     where = request.values.get("where", "").strip()
@@ -175,17 +177,14 @@ def search() -> ResponseReturnValue:
         k = min(page * PER_PAGE + 1, 1000)
         upload = request.files.get("file")
         if request.method == "POST" and upload is not None and upload.filename:
-            hits = services.search.by_image(upload.read(), k, flt, one_per)
+            hits = rt.search.by_image(caller(), upload.read(), k, flt, one_per)
             mode = "image"
         elif q:
-            hits = services.search.text(q, k, flt, one_per)
+            hits = rt.search.text(caller(), q, k, flt, one_per)
             mode = "text"
         else:
-            records, _ = services.index.scroll(
-                services.collections.images, flt if not flt.is_empty() else None, limit=k
-            )
-            hits = [SearchHit(str(r.payload.get("image_id")), 0.0, r.payload) for r in records]
-    except (SightlineError, ValueError) as e:
+            hits = rt.search.browse(caller(), flt, limit=k)
+    except InvalidInput as e:
         error = str(e)
     start = (page - 1) * PER_PAGE
     shown = hits[start : start + PER_PAGE]
@@ -218,11 +217,9 @@ def search() -> ResponseReturnValue:
 @bp.get("/images/<image_id>")
 @login_required
 def image(image_id: str) -> ResponseReturnValue:
-    services = ext().services
-    if not is_image_id(image_id):
-        raise NotFound(f"not an image id: {image_id!r}")
-    record = services.search.record(image_id)
-    similar = services.search.similar(image_id, k=8)
+    search = runtime().search
+    record = search.record(caller(), image_id)
+    similar = search.similar(caller(), image_id, k=8)
     payload = record.payload
     metadata = {
         k: v
@@ -245,9 +242,7 @@ def image(image_id: str) -> ResponseReturnValue:
 @bp.post("/images/<image_id>/delete")
 @login_required
 def delete(image_id: str) -> ResponseReturnValue:
-    ext().services.search.record(image_id)
-    job_id = ext().uploads.delete([image_id])
-    ext().services.audit.record(_actor(), "image.delete", image_id, None, {"job": job_id})
+    job_id = runtime().uploads.delete(caller(), [image_id])
     flash(f"Deleting {image_id[:12]}… (job {job_id[:8]})")
     return redirect(url_for("admin.search"))
 
@@ -268,13 +263,14 @@ def upload() -> ResponseReturnValue:
     files = request.files.getlist("files")
     urls = [u.strip() for u in request.form.get("urls", "").splitlines() if u.strip()]
     if urls:
-        job_id = ext().uploads.ingest_urls(urls, {})
+        job_id = runtime().uploads.ingest_urls(caller(), urls, {})
         return jsonify({"job_id": job_id, "accepted": [], "refused": []}), 202
     if not files:
         return jsonify({"error": {"code": "validation_error", "message": "no file"}}), 422
+    items = [IngestItem(f.read(), f.filename, {}) for f in files]
     try:
-        receipt = ext().uploads.upload([IngestItem(f.read(), f.filename, {}) for f in files])
-    except (InvalidImage, InvalidMetadata) as e:
+        receipt = runtime().uploads.upload(caller(), items)
+    except InvalidInput as e:
         return jsonify({"error": {"code": e.code, "message": str(e)}}), 422
     body = {"job_id": receipt.job_id, "accepted": receipt.accepted, "refused": receipt.refused}
     return jsonify(body), 202
@@ -283,34 +279,23 @@ def upload() -> ResponseReturnValue:
 @bp.get("/jobs/<job_id>")
 @login_required
 def job(job_id: str) -> ResponseReturnValue:
-    uploads = ext().uploads
-    data = uploads.job(job_id).as_dict()
-    data["items"] = [
-        {"item": i.key, "state": i.state.value, "reason": i.reason, "image_id": i.image_id}
-        for i in ext().runtime.jobs.items(job_id)
-    ]
+    jobs = runtime().jobs
+    data = jobs.get(caller(), job_id).as_dict()
+    data["items"] = jobs.items(caller(), job_id)
     return jsonify(data)
 
 
 # -- taxonomy --------------------------------------------------------------------------
 
 
-def _samples() -> list[tuple[str, Any]]:
-    services = ext().services
-    records, _ = services.index.scroll(
-        services.collections.images, limit=SAMPLE_IMAGES, with_vectors=True
-    )
-    return [(str(r.payload["image_id"]), r.vector) for r in records]
-
-
 @bp.route("/taxonomy", methods=["GET", "POST"])
 @login_required
 def taxonomy() -> ResponseReturnValue:
-    services = ext().services
-    current = services.labels.store.get()
+    tagging = runtime().tagging
+    current = tagging.taxonomy(caller())
     text = request.form.get("yaml") or (current.to_yaml() if current else EXAMPLE_TAXONOMY)
     error = None
-    preview: list[tuple[str, Any]] = []
+    preview: list[tuple[str, TagResult]] = []
     job_id = request.args.get("job")
     if request.method == "POST":
         try:
@@ -319,20 +304,10 @@ def taxonomy() -> ResponseReturnValue:
             error = str(e)
         else:
             if request.form.get("action") == "save":
-                version = services.replace_taxonomy(proposed)
-                job_id = ext().uploads.retag(version)
-                services.audit.record(_actor(), "taxonomy.replace", version, None, {"job": job_id})
+                version, job_id = tagging.replace(caller(), proposed, retag=True)
                 flash(f"Taxonomy {version} saved; re-tagging the catalog.")
                 return redirect(url_for("admin.taxonomy", job=job_id))
-            samples = _samples()
-            if samples:
-                import numpy as np
-
-                vectors = np.stack([np.asarray(v, dtype=np.float32) for _, v in samples])
-                results = score_vectors(
-                    services.encoder, vectors, embed_taxonomy(services.encoder, proposed)
-                )
-                preview = [(image_id, r) for (image_id, _), r in zip(samples, results, strict=True)]
+            preview = tagging.preview(caller(), proposed, SAMPLE_IMAGES)
     return render_template(
         "admin/taxonomy.html",
         text=text,
@@ -349,9 +324,9 @@ def taxonomy() -> ResponseReturnValue:
 @bp.get("/moderation")
 @login_required
 def moderation() -> ResponseReturnValue:
-    services = ext().services
-    records, _ = services.review.queue(limit=100)
-    entries = {e.id: e for e in services.flagged.entries()}
+    moderation = runtime().moderation
+    records, _ = moderation.queue(caller(), limit=100)
+    entries = {e.id: e for e in moderation.entries(caller())}
     queue = []
     for r in records:
         matches = (r.payload.get("moderation") or {}).get("matches", [])
@@ -360,8 +335,8 @@ def moderation() -> ResponseReturnValue:
         "admin/moderation.html",
         queue=queue,
         entries=list(entries.values()),
-        audit=services.audit.list(limit=50),
-        pending=services.review.pending(),
+        audit=moderation.audit_log(caller(), limit=50),
+        pending=moderation.pending(caller()),
     )
 
 
@@ -373,10 +348,10 @@ def decide() -> ResponseReturnValue:
     if not ids or action not in ("approve", "reject"):
         flash("Select at least one image, then approve or reject.")
         return redirect(url_for("admin.moderation"))
-    results = ext().services.review.decide(
+    results = runtime().moderation.decide(
+        caller(),
         ids,
         Decision(action),
-        _actor(),
         request.form.get("reason") or None,
         add_to_flagged=bool(request.form.get("add_to_flagged")),
     )
@@ -388,7 +363,7 @@ def decide() -> ResponseReturnValue:
 @bp.post("/flagged")
 @login_required
 def flag_add() -> ResponseReturnValue:
-    services = ext().services
+    moderation = runtime().moderation
     category = request.form.get("category", "").strip()
     raw_threshold = request.form.get("threshold", "").strip()
     threshold = float(raw_threshold) if raw_threshold else None
@@ -396,20 +371,18 @@ def flag_add() -> ResponseReturnValue:
     upload = request.files.get("file")
     try:
         if upload is not None and upload.filename:
-            entry = services.flagged.add_image(
-                upload.read(), category, _actor(), "upload", threshold, note
+            entry, job_id = moderation.add_image(
+                caller(), upload.read(), category, "upload", threshold, note
             )
         else:
-            entry = services.flagged.add_text(
-                request.form.get("text", ""), category, _actor(), threshold, note
-            )
+            text = request.form.get("text", "")
+            entry, job_id = moderation.add_text(caller(), text, category, threshold, note)
     except SightlineError as e:
         flash(f"Not added: {e}")
         return redirect(url_for("admin.moderation"))
-    services.audit.record(_actor(), "flag.add", entry.id, note or None, entry.as_dict())
-    job_id = ext().uploads.scan_flagged([entry.id])
     flash(
-        f"Added a {entry.kind.value} entry ({entry.category}); scanning the catalog (job {job_id[:8]})."
+        f"Added a {entry.kind.value} entry ({entry.category}); "
+        f"scanning the catalog (job {(job_id or '')[:8]})."
     )
     return redirect(url_for("admin.moderation"))
 
@@ -417,8 +390,7 @@ def flag_add() -> ResponseReturnValue:
 @bp.post("/flagged/<entry_id>/remove")
 @login_required
 def flag_remove(entry_id: str) -> ResponseReturnValue:
-    entry = ext().services.flagged.remove(entry_id)
-    ext().services.audit.record(_actor(), "flag.remove", entry_id, None, entry.as_dict())
+    entry = runtime().moderation.remove(caller(), entry_id)
     flash(f"Removed the {entry.category} entry.")
     return redirect(url_for("admin.moderation"))
 
@@ -429,29 +401,16 @@ def flag_remove(entry_id: str) -> ResponseReturnValue:
 @bp.get("/status")
 @login_required
 def status() -> ResponseReturnValue:
-    services = ext().services
-    runtime = ext().runtime
-    encoder = services.encoder
-    counts = {name: services.index.count(name) for name in services.collections.all()}
-    queues: dict[str, Any] = {}
-    workers: list[str] = []
-    if ext().settings.queue.broker_url:
-        from workers.celery_app import INGEST_QUEUE, JOBS_QUEUE
-
-        client = runtime.jobs.r  # type: ignore[attr-defined]
-        queues = {q: client.llen(q) for q in (INGEST_QUEUE, JOBS_QUEUE)}
-        app = runtime.dispatcher.app  # type: ignore[union-attr]
-        try:
-            workers = sorted(name for reply in app.control.ping(timeout=1.0) for name in reply)
-        except Exception as e:  # a down broker must not break the status page
-            workers = [f"unknown ({e})"]
-    else:
-        queues = {"in-process": "embedded mode"}
-        workers = ["in-process worker thread"]
-    jobs = runtime.jobs.recent(20)
-    failures = [
-        (j, i) for j in jobs for i in runtime.jobs.items(j.id) if i.state.value == "failed"
-    ][:20]
+    rt = runtime()
+    encoder = rt.encoder
+    counts = {name: rt.index.count(name) for name in rt.collections.all()}
+    try:
+        queues: dict[str, Any] = dict(rt.dispatcher.queue_depths())
+        workers = rt.dispatcher.workers(timeout_s=1.0)
+    except Exception as e:  # a down broker must not break the status page
+        queues, workers = {}, [f"unknown ({e})"]
+    jobs = rt.jobs.recent(caller(), 20)
+    failures = [(j, i) for j in jobs for i in rt.jobs.failed_items(caller(), j.id)][:20]
     return render_template(
         "admin/status.html",
         identity=encoder.identity,
@@ -462,5 +421,5 @@ def status() -> ResponseReturnValue:
         workers=workers,
         jobs=jobs,
         failures=failures,
-        pending=services.review.pending(),
+        pending=rt.moderation.pending(caller()),
     )

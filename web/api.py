@@ -1,4 +1,8 @@
-"""``/api/v1``: thin handlers that validate, call a service, and serialise."""
+"""``/api/v1``: thin handlers that validate, call a service with the caller, and serialise.
+
+What a caller may see (quarantined images, moderation internals) and what is audited is
+decided in the services, not here.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +10,25 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 from flask.typing import ResponseReturnValue
 from pydantic import ValidationError
 
-from services.apikeys import Scope
-from services.errors import InvalidImage, InvalidMetadata, NotFound
-from services.fetch import fetch_image
+from services.auth.principal import Scope
+from services.errors import NotFound
 from services.filters import parse_filters
-from services.ids import is_image_id
 from services.index.base import PayloadFilter
-from services.ingest import IngestItem
-from services.search import SearchHit
-from services.tagging import NoTaxonomy, TagResult
-from services.taxonomy import Taxonomy
+from services.ingest.intake import IngestItem
+from services.search.service import SearchHit
+from services.tagging.scoring import TagResult
+from services.tagging.taxonomy import Taxonomy
 from web import schemas as s
-from web.endpoint import Operation, current_key, endpoint, tag_dimensions
+from web.endpoint import Operation, caller, endpoint, tag_dimensions
 from web.errors import field_error, validation_error
-from web.extension import Sightline
+from web.extension import runtime
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-QUARANTINED = "quarantined"
 _MEDIA = {
     "JPEG": "image/jpeg",
     "PNG": "image/png",
@@ -38,33 +39,13 @@ _MEDIA = {
 }
 
 
-def ext() -> Sightline:
-    """This app's services."""
-    sightline: Sightline = current_app.extensions["sightline"]
-    return sightline
-
-
-def _visible(flt: PayloadFilter) -> PayloadFilter:
-    """Quarantined images are hidden from every key but admin ones."""
-    if current_key().allows(Scope.ADMIN):
-        return flt
-    return PayloadFilter(
-        equals=flt.equals,
-        any_of=flt.any_of,
-        ranges=flt.ranges,
-        not_equals={**flt.not_equals, "moderation_status": QUARANTINED},
-        exclude_ids=flt.exclude_ids,
-    )
-
-
 def _filters(where: Sequence[str]) -> PayloadFilter:
-    """``where`` expressions plus taxonomy shorthands (``colour=red`` -> ``tags.colour``),
-    with quarantined images hidden from non-admin keys."""
+    """``where`` expressions plus taxonomy shorthands (``colour=red`` -> ``tags.colour``)."""
     exprs = list(where)
     shorthand = set(request.args) - {"q", "k", "where", "one_per"}
     for dim in sorted(tag_dimensions() & shorthand if shorthand else ()):
         exprs += [f"tags.{dim}={value}" for value in request.args.getlist(dim)]
-    return _visible(parse_filters(exprs))
+    return parse_filters(exprs)
 
 
 def _hits(hits: Sequence[SearchHit]) -> s.Hits:
@@ -74,18 +55,6 @@ def _hits(hits: Sequence[SearchHit]) -> s.Hits:
             for n, h in enumerate(hits, 1)
         ]
     )
-
-
-def visible_payload(image_id: str) -> dict[str, Any]:
-    """An image's payload, 404 if unknown or hidden from this key."""
-    if not is_image_id(image_id):
-        raise NotFound(f"not an image id: {image_id!r}")
-    record = ext().services.search.record(image_id)
-    if record.payload.get("moderation_status") == QUARANTINED and not current_key().allows(
-        Scope.ADMIN
-    ):
-        raise NotFound(f"no image with id {image_id!r}")
-    return record.payload
 
 
 def _json_field(name: str) -> Any:
@@ -120,7 +89,7 @@ def upload() -> s.UploadReceipt:
     files = request.files.getlist("files")
     if not files:
         raise field_error("files", "at least one file is required")
-    limit = ext().settings.web.max_files_per_upload
+    limit = runtime().settings.web.max_files_per_upload
     if len(files) > limit:
         raise field_error("files", f"at most {limit} per request")
     shared, per_file = _json_field("metadata"), _json_field("per_file")
@@ -128,8 +97,7 @@ def upload() -> s.UploadReceipt:
         IngestItem(f.read(), f.filename, {**shared, **(per_file.get(f.filename or "") or {})})
         for f in files
     ]
-    receipt = ext().uploads.upload(items)
-    assert receipt.job_id is not None  # upload() raises when nothing was accepted
+    receipt = runtime().uploads.upload(caller(), items)
     return s.UploadReceipt(
         job_id=receipt.job_id,
         accepted=[s.Accepted(**a) for a in receipt.accepted],
@@ -149,7 +117,7 @@ def upload() -> s.UploadReceipt:
     )
 )
 def ingest_urls(body: s.UrlsBody) -> s.JobRef:
-    return s.JobRef(job_id=ext().uploads.ingest_urls(body.urls, body.metadata))
+    return s.JobRef(job_id=runtime().uploads.ingest_urls(caller(), body.urls, body.metadata))
 
 
 @bp.get("/jobs/<job_id>")
@@ -159,10 +127,10 @@ def ingest_urls(body: s.UrlsBody) -> s.JobRef:
     )
 )
 def job_status(job_id: str) -> s.JobStatus:
-    uploads = ext().uploads
+    jobs = runtime().jobs
     return s.JobStatus(
-        **uploads.job(job_id).as_dict(),
-        failed_items=[s.FailedItem(**f) for f in uploads.failed_items(job_id)],
+        **jobs.get(caller(), job_id).as_dict(),
+        failed_items=[s.FailedItem(**f) for f in jobs.failed_items(caller(), job_id)],
     )
 
 
@@ -171,8 +139,8 @@ def job_status(job_id: str) -> s.JobStatus:
     Operation("Re-queue a job's failed items", Scope.INGEST, s.JobRef, 202, errors=(401, 403, 404))
 )
 def job_retry(job_id: str) -> s.JobRef:
-    ext().uploads.job(job_id)  # 404 for unknown jobs
-    ext().uploads.retry_failed(job_id)
+    runtime().jobs.get(caller(), job_id)  # 404 for unknown jobs
+    runtime().uploads.retry_failed(caller(), job_id)
     return s.JobRef(job_id=job_id)
 
 
@@ -186,15 +154,15 @@ def job_retry(job_id: str) -> s.JobRef:
     )
 )
 def image_info(image_id: str) -> s.ImageInfo:
-    return s.ImageInfo(image_id=image_id, payload=visible_payload(image_id))
+    record = runtime().search.record(caller(), image_id)
+    return s.ImageInfo(image_id=str(record.payload["image_id"]), payload=record.payload)
 
 
 @bp.get("/images/<image_id>/file")
 @endpoint(Operation("The stored original", Scope.SEARCH, binary="image/*", errors=(401, 403, 404)))
 def image_file(image_id: str) -> ResponseReturnValue:
-    payload = visible_payload(image_id)
-    data = ext().services.store.get(image_id)
-    media = _MEDIA.get(str(payload.get("format")), "application/octet-stream")
+    data, fmt = runtime().search.original(caller(), image_id)
+    media = _MEDIA.get(fmt, "application/octet-stream")
     return Response(data, mimetype=media, headers={"Cache-Control": "private, max-age=86400"})
 
 
@@ -208,11 +176,10 @@ def image_file(image_id: str) -> ResponseReturnValue:
     )
 )
 def image_thumbnail(image_id: str) -> ResponseReturnValue:
-    visible_payload(image_id)
     size = request.args.get("size", "256")
     if not size.isdigit():
         raise field_error("size", "must be an integer")
-    data = ext().services.thumbnails.get(image_id, int(size))
+    data = runtime().search.thumbnail(caller(), image_id, int(size))
     return Response(
         data, mimetype="image/jpeg", headers={"Cache-Control": "private, max-age=86400"}
     )
@@ -229,7 +196,7 @@ def image_thumbnail(image_id: str) -> ResponseReturnValue:
     )
 )
 def image_delete(image_id: str) -> s.JobRef:
-    return s.JobRef(job_id=ext().uploads.delete([image_id]))
+    return s.JobRef(job_id=runtime().uploads.delete(caller(), [image_id]))
 
 
 @bp.get("/search")
@@ -245,7 +212,7 @@ def image_delete(image_id: str) -> s.JobRef:
 )
 def search_text(query: s.SearchQuery) -> s.Hits:
     flt = _filters(query.where)
-    return _hits(ext().services.search.text(query.q, query.k, flt, query.one_per))
+    return _hits(runtime().search.text(caller(), query.q, query.k, flt, query.one_per))
 
 
 @bp.post("/search/image")
@@ -265,7 +232,8 @@ def search_image(query: s.SimilarQuery) -> s.Hits:
     if upload is None:
         raise field_error("file", "an image file is required")
     flt = _filters(query.where)
-    return _hits(ext().services.search.by_image(upload.read(), query.k, flt, query.one_per))
+    hits = runtime().search.by_image(caller(), upload.read(), query.k, flt, query.one_per)
+    return _hits(hits)
 
 
 @bp.get("/images/<image_id>/similar")
@@ -280,9 +248,8 @@ def search_image(query: s.SimilarQuery) -> s.Hits:
     )
 )
 def similar(image_id: str, query: s.SimilarQuery) -> s.Hits:
-    visible_payload(image_id)
     flt = _filters(query.where)
-    return _hits(ext().services.search.similar(image_id, query.k, flt, query.one_per))
+    return _hits(runtime().search.similar(caller(), image_id, query.k, flt, query.one_per))
 
 
 @bp.post("/recommend")
@@ -296,15 +263,10 @@ def similar(image_id: str, query: s.SimilarQuery) -> s.Hits:
     )
 )
 def recommend(body: s.RecommendBody) -> s.Hits:
-    for ref in [*body.positive, *body.negative]:
-        visible_payload(ref)
     flt = _filters(body.where)
-    try:
-        hits = ext().services.search.recommend(
-            body.positive, body.negative, body.k, flt, body.one_per
-        )
-    except InvalidImage as e:
-        raise InvalidMetadata(str(e)) from e
+    hits = runtime().search.recommend(
+        caller(), body.positive, body.negative, body.k, flt, body.one_per
+    )
     return _hits(hits)
 
 
@@ -329,25 +291,19 @@ def _tag_response(result: TagResult) -> s.TagResponse:
     )
 )
 def tag(body: s.TagBody | None) -> s.TagResponse:
-    tagger = ext().services.tagger
+    tagging = runtime().tagging
     if body is None:
         upload = request.files.get("file")
         if upload is None:
             raise field_error("file", "an image file is required (or send JSON with image_id/url)")
-        options = _tag_form_options()
-        return _tag_response(tagger.tag_bytes(upload.read(), **options.model_dump()))
+        options = _tag_form_options().model_dump()
+        return _tag_response(tagging.tag_bytes(caller(), upload.read(), **options))
     options = s.TagOptions.model_validate(
         body.model_dump(include={"candidate_labels", "hypothesis_template", "multi_label"})
-    )
+    ).model_dump()
     if body.image_id is not None:
-        visible_payload(body.image_id)
-        record = ext().services.search.record(body.image_id, with_vector=True)
-        original = ext().services.store.get(str(record.payload["image_id"]))
-        assert record.vector is not None  # read with_vector
-        return _tag_response(tagger.tag_one(record.vector, original, **options.model_dump()))
-    settings = ext().settings
-    data, _ = fetch_image(str(body.url), settings.fetch, settings.images.max_bytes)
-    return _tag_response(tagger.tag_bytes(data, **options.model_dump()))
+        return _tag_response(tagging.tag_stored(caller(), body.image_id, **options))
+    return _tag_response(tagging.tag_url(caller(), str(body.url), **options))
 
 
 def _tag_form_options() -> s.TagOptions:
@@ -381,7 +337,7 @@ def _tag_form_options() -> s.TagOptions:
     )
 )
 def taxonomy_get(query: s.FormatQuery) -> s.TaxonomyInfo | Response:
-    taxonomy = ext().services.labels.store.get()
+    taxonomy = runtime().tagging.taxonomy(caller())
     if taxonomy is None:
         raise NotFound("no taxonomy is loaded")
     if query.format == "yaml":
@@ -402,8 +358,7 @@ def taxonomy_get(query: s.FormatQuery) -> s.TaxonomyInfo | Response:
     )
 )
 def taxonomy_put(query: s.RetagQuery, body: Taxonomy) -> s.TaxonomyReplaced:
-    version = ext().services.replace_taxonomy(body)
-    job_id = ext().uploads.retag(version) if query.retag else None
+    version, job_id = runtime().tagging.replace(caller(), body, retag=query.retag)
     return s.TaxonomyReplaced(version=version, retag_job_id=job_id)
 
 
@@ -418,7 +373,4 @@ def taxonomy_put(query: s.RetagQuery, body: Taxonomy) -> s.TaxonomyReplaced:
     )
 )
 def retag() -> s.JobRef:
-    labels = ext().services.labels.current()
-    if labels is None:
-        raise NoTaxonomy("no taxonomy is loaded")
-    return s.JobRef(job_id=ext().uploads.retag(labels.version))
+    return s.JobRef(job_id=runtime().tagging.retag(caller()))

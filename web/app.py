@@ -1,4 +1,4 @@
-"""The Flask application factory: the one place that builds clients and loads the model."""
+"""The Flask application factory: builds (or takes) the runtime and wires the routes."""
 
 from __future__ import annotations
 
@@ -12,16 +12,15 @@ from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFProtect
 
-from services.accounts import AccountStore
-from services.apikeys import KeyStore
-from services.container import build_accounts, build_keys
 from services.errors import ConfigError
+from services.jobs.kinds import QUEUES
+from services.runtime import Runtime, build_runtime
 from services.settings import Settings, load_settings
 from web import admin, api, health, moderation_api
 from web.errors import register_error_handlers
-from web.extension import Sightline
+from web.extension import METRICS, RUNTIME
 from web.metrics import Metrics
-from workers.runtime import Runtime, build_runtime
+from workers.dispatch import dispatcher_for
 
 if TYPE_CHECKING:
     from flask.typing import RouteCallable
@@ -53,12 +52,7 @@ def _security_headers(response: Response) -> Response:
     return response
 
 
-def create_app(
-    settings: Settings | None = None,
-    runtime: Runtime | None = None,
-    keys: KeyStore | None = None,
-    accounts: AccountStore | None = None,
-) -> Flask:
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
     """Build the app: validate settings, load the model, open the index, wire the routes.
 
     Raises:
@@ -71,8 +65,8 @@ def create_app(
             "SIGHTLINE_WEB__SECRET_KEY is required when a Qdrant server or a broker is "
             "configured (several processes must share it)"
         )
-    runtime = runtime or build_runtime(settings)
-    runtime.services.open()
+    runtime = runtime or build_runtime(settings, dispatcher_for(settings))
+    runtime.open()
 
     app = Flask("sightline")
     app.config.update(
@@ -86,22 +80,15 @@ def create_app(
     )
     metrics = Metrics()
     metrics.install(app)
-    runtime.services.encoder.observer = metrics.observe_embedding
-    services = runtime.services
-    metrics.gauge(
-        metrics.index_size,
-        services.collections.images,
-        lambda: float(services.index.count(services.collections.images)),
-    )
-    if settings.queue.broker_url:
-        from workers.celery_app import INGEST_QUEUE, JOBS_QUEUE
-
-        redis_client = runtime.jobs.r  # type: ignore[attr-defined]
+    runtime.encoder.observer = metrics.observe_embedding
+    images = runtime.collections.images
+    metrics.gauge(metrics.index_size, images, lambda: float(runtime.index.count(images)))
+    if not runtime.local:
 
         def depth(queue: str) -> Callable[[], float]:
-            return lambda: float(redis_client.llen(queue))
+            return lambda: float(runtime.dispatcher.queue_depths()[queue])
 
-        for queue in (INGEST_QUEUE, JOBS_QUEUE):
+        for queue in QUEUES:
             metrics.gauge(metrics.queue_depth, queue, depth(queue))
 
     storage = settings.web.rate_limit_storage or settings.queue.broker_url or "memory://"
@@ -115,13 +102,8 @@ def create_app(
     )
     limiter.exempt(health.bp)
 
-    app.extensions["sightline"] = Sightline(
-        settings=settings,
-        runtime=runtime,
-        keys=keys or build_keys(settings),
-        accounts=accounts or build_accounts(settings),
-        metrics=metrics,
-    )
+    app.extensions[RUNTIME] = runtime
+    app.extensions[METRICS] = metrics
     register_error_handlers(app)
     app.after_request(_security_headers)
     app.register_blueprint(api.bp)

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from flask import current_app, g, jsonify, request
+from flask import g, jsonify, request
 from flask.typing import ResponseReturnValue
 from pydantic import BaseModel, ValidationError
 
-from services.apikeys import ApiKey, Scope
+from services.auth.principal import Principal, Scope
 from web.errors import ApiError, validation_error
+from web.extension import runtime
 
 
 @dataclass(frozen=True)
@@ -37,30 +38,32 @@ class Operation:
     tag_filters: bool = False  # taxonomy dimension names are accepted as query filters
 
 
-def current_key() -> ApiKey:
-    """The authenticated key of this request."""
-    key: ApiKey = g.api_key
-    return key
+def caller() -> Principal:
+    """Who this request acts as (set by ``endpoint`` from the API key)."""
+    principal: Principal = g.caller
+    return principal
 
 
-def authenticate(scope: Scope) -> ApiKey:
-    """The request's API key, checked for ``scope``: 401 without a valid key, 403 without scope."""
+def authenticate(scope: Scope) -> Principal:
+    """The request's API key as a principal, checked for ``scope``: 401 without a valid
+    key, 403 without the scope."""
     header = request.headers.get("Authorization", "")
     token = header[7:].strip() if header.lower().startswith("bearer ") else ""
     token = token or request.headers.get("X-API-Key", "").strip()
     if not token:
         raise ApiError(401, "unauthorized", "an API key is required (Authorization: Bearer <key>)")
-    key = current_app.extensions["sightline"].keys.verify(token)
+    key = runtime().access.verify_key(token)
     if key is None:
         raise ApiError(401, "unauthorized", "invalid or revoked API key")
-    if not key.allows(scope):
+    principal = key.principal()
+    if not principal.allows(scope):
         raise ApiError(403, "forbidden", f"this key lacks the {scope.value!r} scope")
-    return key
+    return principal
 
 
 def tag_dimensions() -> set[str]:
     """Names of the current taxonomy's dimensions (``colour=red`` filters on search)."""
-    return set(current_app.extensions["sightline"].services.labels.dimension_names())
+    return set(runtime().tagging.dimension_names())
 
 
 def _body(op: Operation) -> Any:
@@ -103,7 +106,7 @@ def endpoint(op: Operation) -> Callable[[Callable[..., Any]], Callable[..., Resp
         @functools.wraps(view)
         def handler(**path: Any) -> ResponseReturnValue:
             if op.scope is not None:
-                g.api_key = authenticate(op.scope)
+                g.caller = authenticate(op.scope)
             kwargs: dict[str, Any] = dict(path)
             try:
                 if op.query is not None:

@@ -11,32 +11,27 @@ from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from services import errors as e
-from services.fetch import FetchFailed, FetchRefused
-from services.filters import InvalidFilter
-from services.moderation import InvalidFlag
-from services.tagging import NoTaxonomy
-from services.taxonomy import InvalidTaxonomy
 
 log = logging.getLogger(__name__)
 
-# Most specific first: the first matching class decides the status.
-STATUS: list[tuple[type[Exception], int]] = [
+# The one table from domain errors to HTTP: bases, plus the few leaves whose status is
+# more specific than their base's. Most specific first: the first matching class decides.
+STATUS: list[tuple[type[e.SightlineError], int]] = [
     (e.ImageTooLarge, 413),
     (e.UnsupportedFormat, 415),
-    (e.InvalidImage, 422),
-    (e.InvalidMetadata, 422),
-    (InvalidFilter, 422),
-    (FetchRefused, 422),
-    (FetchFailed, 502),
-    (InvalidTaxonomy, 422),
-    (InvalidFlag, 422),
-    (NoTaxonomy, 409),
+    (e.InvalidInput, 422),
     (e.NotFound, 404),
-    (e.ModelMismatch, 409),
-    (e.ModelUnavailable, 503),
-    (e.IndexUnavailable, 503),
+    (e.Forbidden, 403),
+    (e.Conflict, 409),
+    (e.FetchFailed, 502),
+    (e.Unavailable, 503),
     (e.ConfigError, 500),
 ]
+
+
+def status_of(err: e.SightlineError) -> int:
+    """The HTTP status of a domain error."""
+    return next((status for cls, status in STATUS if isinstance(err, cls)), 500)
 
 
 class ApiError(Exception):
@@ -84,7 +79,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(e.SightlineError)
     def _domain_error(err: e.SightlineError) -> ResponseReturnValue:
-        status = next((s for cls, s in STATUS if isinstance(err, cls)), 500)
+        status = status_of(err)
         if status >= 500:
             log.error("%s: %s", type(err).__name__, err)
         return error_response(status, err.code, str(err))

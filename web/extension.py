@@ -1,34 +1,26 @@
-"""What the app holds for its requests: built once in ``create_app`` and passed in."""
+"""What the app holds for its requests: the runtime built in ``create_app``, and metrics.
+
+Handlers reach them through these two functions, never by building anything themselves.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from flask import current_app
 
-from services.accounts import AccountStore
-from services.apikeys import KeyStore
-from services.container import Services
-from services.settings import Settings
-from services.uploads import UploadService
+from services.runtime import Runtime
 from web.metrics import Metrics
-from workers.runtime import Runtime
+
+RUNTIME = "sightline"
+METRICS = "sightline.metrics"
 
 
-@dataclass
-class Sightline:
-    """Per-app resources, reachable as ``current_app.extensions["sightline"]``."""
+def runtime() -> Runtime:
+    """This app's runtime (services, stores, dispatcher)."""
+    rt: Runtime = current_app.extensions[RUNTIME]
+    return rt
 
-    settings: Settings
-    runtime: Runtime
-    keys: KeyStore
-    accounts: AccountStore
-    metrics: Metrics
 
-    @property
-    def services(self) -> Services:
-        """The domain services."""
-        return self.runtime.services
-
-    @property
-    def uploads(self) -> UploadService:
-        """The publishing side of ingestion."""
-        return self.runtime.uploads
+def metrics() -> Metrics:
+    """This app's Prometheus metrics."""
+    m: Metrics = current_app.extensions[METRICS]
+    return m

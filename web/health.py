@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
-from services.errors import SightlineError
 from web.errors import ApiError
+from web.extension import metrics as app_metrics
+from web.extension import runtime
 from web.openapi import build_openapi
 
 bp = Blueprint("health", __name__)
@@ -23,20 +22,7 @@ def healthz() -> ResponseReturnValue:
 @bp.get("/readyz")
 def readyz() -> ResponseReturnValue:
     """Model loaded, index and broker reachable: 200, else 503 naming what is not."""
-    ext = current_app.extensions["sightline"]
-    checks: dict[str, Any] = {"model": ext.services.encoder.loaded}
-    try:
-        ext.services.index.list_collections()
-        checks["index"] = True
-    except (SightlineError, OSError) as e:
-        checks["index"] = f"unreachable: {e}"
-    broker = ext.settings.queue.broker_url
-    if broker:
-        try:
-            ext.runtime.jobs.r.ping()
-            checks["broker"] = True
-        except Exception as e:  # any redis/socket error means not ready
-            checks["broker"] = f"unreachable: {type(e).__name__}"
+    checks = runtime().health()
     ready = all(v is True for v in checks.values())
     return jsonify(
         {"status": "ready" if ready else "not ready", "checks": checks}
@@ -46,10 +32,9 @@ def readyz() -> ResponseReturnValue:
 @bp.get("/metrics")
 def metrics() -> ResponseReturnValue:
     """Prometheus exposition."""
-    ext = current_app.extensions["sightline"]
-    if not ext.settings.web.metrics_public:
+    if not runtime().settings.web.metrics_public:
         raise ApiError(404, "not_found", "metrics are not public")
-    return ext.metrics.render()
+    return app_metrics().render()
 
 
 @bp.get("/api/v1/openapi.json")

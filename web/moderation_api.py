@@ -5,35 +5,19 @@ from __future__ import annotations
 from flask import Blueprint, request
 from pydantic import ValidationError
 
-from services.apikeys import Scope
-from services.fetch import fetch_image
-from services.moderation import FlaggedEntry
-from services.review import Decision
+from services.auth.principal import Scope
+from services.moderation.flagged import FlaggedEntry
+from services.moderation.review import Decision
 from web import schemas as s
-from web.api import ext, visible_payload
-from web.endpoint import Operation, current_key, endpoint
+from web.endpoint import Operation, caller, endpoint
 from web.errors import field_error, validation_error
+from web.extension import runtime
 
 bp = Blueprint("moderation", __name__, url_prefix="/api/v1")
 
 
-def _actor() -> str:
-    key = current_key()
-    return f"key:{key.name}"
-
-
 def _entry(entry: FlaggedEntry) -> s.FlaggedEntryOut:
     return s.FlaggedEntryOut.model_validate(entry.as_dict())
-
-
-def _image_bytes(image_id: str | None, url: str | None) -> tuple[bytes, str]:
-    """The bytes of a stored image or a URL, and where they came from."""
-    if image_id is not None:
-        payload = visible_payload(image_id)
-        return ext().services.store.get(str(payload["image_id"])), f"image:{payload['image_id']}"
-    settings = ext().settings
-    data, final = fetch_image(str(url), settings.fetch, settings.images.max_bytes)
-    return data, f"url:{final}"
 
 
 @bp.post("/flagged")
@@ -55,7 +39,7 @@ def _image_bytes(image_id: str | None, url: str | None) -> tuple[bytes, str]:
     )
 )
 def flag_add(body: s.FlagBody | None) -> s.FlagCreated:
-    flagged = ext().services.flagged
+    moderation = runtime().moderation
     if body is None:
         upload = request.files.get("file")
         if upload is None:
@@ -66,29 +50,32 @@ def flag_add(body: s.FlagBody | None) -> s.FlagCreated:
             )
         except ValidationError as e:
             raise validation_error(e) from e
-        entry = flagged.add_image(
-            upload.read(), options.category, _actor(), "upload", options.threshold, options.note
+        entry, job_id = moderation.add_image(
+            caller(),
+            upload.read(),
+            options.category,
+            "upload",
+            options.threshold,
+            options.note,
+            options.scan,
+        )
+    elif body.text is not None:
+        entry, job_id = moderation.add_text(
+            caller(), body.text, body.category, body.threshold, body.note, body.scan
         )
     else:
-        options = body
-        if body.text is not None:
-            entry = flagged.add_text(body.text, body.category, _actor(), body.threshold, body.note)
-        else:
-            data, source = _image_bytes(body.image_id, body.url)
-            entry = flagged.add_image(
-                data, body.category, _actor(), source, body.threshold, body.note
-            )
-    ext().services.audit.record(
-        _actor(), "flag.add", entry.id, options.note or None, entry.as_dict()
-    )
-    job_id = ext().uploads.scan_flagged([entry.id]) if options.scan else None
+        data = moderation.image_bytes(caller(), body.image_id, body.url)
+        source = f"image:{body.image_id}" if body.image_id is not None else f"url:{body.url}"
+        entry, job_id = moderation.add_image(
+            caller(), data, body.category, source, body.threshold, body.note, body.scan
+        )
     return s.FlagCreated(entry=_entry(entry), scan_job_id=job_id)
 
 
 @bp.get("/flagged")
 @endpoint(Operation("The flagged set", Scope.ADMIN, s.FlaggedList, errors=(401, 403)))
 def flag_list() -> s.FlaggedList:
-    return s.FlaggedList(entries=[_entry(e) for e in ext().services.flagged.entries()])
+    return s.FlaggedList(entries=[_entry(e) for e in runtime().moderation.entries(caller())])
 
 
 @bp.patch("/flagged/<entry_id>")
@@ -103,9 +90,7 @@ def flag_list() -> s.FlaggedList:
 )
 def flag_edit(entry_id: str, body: s.FlagPatch) -> s.FlaggedEntryOut:
     changes = body.model_dump(exclude_unset=True)
-    entry = ext().services.flagged.update(entry_id, **changes)
-    ext().services.audit.record(_actor(), "flag.edit", entry_id, None, changes)
-    return _entry(entry)
+    return _entry(runtime().moderation.edit(caller(), entry_id, **changes))
 
 
 @bp.delete("/flagged/<entry_id>")
@@ -113,9 +98,7 @@ def flag_edit(entry_id: str, body: s.FlagPatch) -> s.FlaggedEntryOut:
     Operation("Remove a flagged entry", Scope.ADMIN, s.FlaggedEntryOut, errors=(401, 403, 404))
 )
 def flag_remove(entry_id: str) -> s.FlaggedEntryOut:
-    entry = ext().services.flagged.remove(entry_id)
-    ext().services.audit.record(_actor(), "flag.remove", entry_id, None, entry.as_dict())
-    return _entry(entry)
+    return _entry(runtime().moderation.remove(caller(), entry_id))
 
 
 @bp.post("/flagged/scan")
@@ -129,7 +112,7 @@ def flag_remove(entry_id: str) -> s.FlaggedEntryOut:
     )
 )
 def flag_scan() -> s.JobRef:
-    return s.JobRef(job_id=ext().uploads.scan_flagged(None))
+    return s.JobRef(job_id=runtime().moderation.scan(caller(), None))
 
 
 @bp.post("/moderate")
@@ -144,15 +127,15 @@ def flag_scan() -> s.JobRef:
     )
 )
 def moderate(body: s.ModerateBody | None) -> s.VerdictOut:
+    moderation = runtime().moderation
     if body is None:
         upload = request.files.get("file")
         if upload is None:
             raise field_error("file", "an image file is required (or send JSON)")
-        data = upload.read()
+        verdict = moderation.check_bytes(caller(), upload.read())
     else:
-        data, _ = _image_bytes(body.image_id, body.url)
-    verdict = ext().services.flagged.check_bytes(data)
-    return s.VerdictOut.model_validate(verdict.as_dict())
+        verdict = moderation.check(caller(), body.image_id, body.url)
+    return s.VerdictOut.model_validate(verdict)
 
 
 @bp.get("/moderation/queue")
@@ -166,8 +149,8 @@ def moderate(body: s.ModerateBody | None) -> s.VerdictOut:
     )
 )
 def review_queue(query: s.QueueQuery) -> s.ReviewQueue:
-    review = ext().services.review
-    records, nxt = review.queue(query.limit, query.offset)
+    moderation = runtime().moderation
+    records, nxt = moderation.queue(caller(), query.limit, query.offset)
     items = [
         s.QueueItem(
             image_id=str(r.payload["image_id"]),
@@ -179,7 +162,7 @@ def review_queue(query: s.QueueQuery) -> s.ReviewQueue:
         )
         for r in records
     ]
-    return s.ReviewQueue(pending=review.pending(), items=items, next_offset=nxt)
+    return s.ReviewQueue(pending=moderation.pending(caller()), items=items, next_offset=nxt)
 
 
 @bp.post("/moderation/decisions")
@@ -193,10 +176,10 @@ def review_queue(query: s.QueueQuery) -> s.ReviewQueue:
     )
 )
 def review_decide(body: s.DecisionBody) -> s.Decisions:
-    results = ext().services.review.decide(
+    results = runtime().moderation.decide(
+        caller(),
         body.image_ids,
         Decision(body.action),
-        _actor(),
         body.reason,
         body.add_to_flagged,
         body.category,
@@ -215,5 +198,5 @@ def review_decide(body: s.DecisionBody) -> s.Decisions:
     )
 )
 def audit_log(query: s.AuditQuery) -> s.AuditLogOut:
-    events = ext().services.audit.list(query.limit, query.target)
+    events = runtime().moderation.audit_log(caller(), query.limit, query.target)
     return s.AuditLogOut(events=[s.AuditEventOut.model_validate(e.as_dict()) for e in events])

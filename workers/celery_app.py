@@ -12,17 +12,16 @@ from typing import Any
 
 from celery import Celery
 
+from services.errors import ConfigError
+from services.jobs.kinds import JOB_KINDS, JOBS_QUEUE
 from services.settings import Settings, load_settings
-
-INGEST_QUEUE = "ingest"
-JOBS_QUEUE = "jobs"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings for Sightline's delivery guarantees."""
     q = settings.queue
     if not q.broker_url:
-        raise ValueError("Celery needs SIGHTLINE_QUEUE__BROKER_URL (a redis:// URL)")
+        raise ConfigError("Celery needs SIGHTLINE_QUEUE__BROKER_URL (a redis:// URL)")
     transport = {
         "visibility_timeout": q.visibility_timeout_s,
         # How often workers look for messages whose visibility timeout has passed (those of
@@ -48,7 +47,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_serializer": "json",
         "task_ignore_result": True,  # job state lives in the job store, not in results
         "task_default_queue": JOBS_QUEUE,
-        "task_routes": {"sightline.ingest": {"queue": INGEST_QUEUE}},
+        "task_routes": {spec.task_name: {"queue": spec.queue} for spec in JOB_KINDS.values()},
         "worker_hijack_root_logger": False,
         "sightline_batch_size": settings.ingest_batch_size,
         "sightline_batch_max_wait_s": q.batch_max_wait_s,

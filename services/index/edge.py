@@ -22,7 +22,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from services.encoder import ModelIdentity
-from services.errors import IndexUnavailable, NotFound
+from services.errors import ConfigError, IndexUnavailable, InvalidFilter, NotFound
 from services.index.base import (
     HNSW_EF_CONSTRUCT,
     HNSW_M,
@@ -47,7 +47,7 @@ def _edge_filter(flt: PayloadFilter | None) -> qe.Filter | None:
         return None
     for key, value in [*flt.equals.items(), *flt.not_equals.items()]:
         if isinstance(value, bool):
-            raise ValueError(f"filter on {key!r}: boolean values cannot be matched; use strings")
+            raise InvalidFilter(f"filter on {key!r}: boolean values cannot be matched; use strings")
     must: list[Any] = []
     must_not: list[Any] = []
     for key, value in flt.equals.items():
@@ -88,7 +88,7 @@ class EdgeIndex(VectorIndex):
 
     def _dir(self, name: str) -> Path:
         if not _NAME.match(name):
-            raise ValueError(f"invalid collection name {name!r}")
+            raise ConfigError(f"invalid collection name {name!r}")
         return self.root / name
 
     def _open(self, name: str) -> qe.EdgeShard:

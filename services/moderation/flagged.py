@@ -9,7 +9,7 @@ Three signals decide whether an image resembles a flagged entry:
 - **pHash** (image entries only): Hamming distance between the image's 64-bit DCT
   perceptual hash and the entry's. An entry stores the hashes of its image, its mirror
   image and eight crops, so flipped and cropped copies land near one of them.
-- **Aligned colour layout** (image entries only, ``services.layout``): the share of a
+- **Aligned colour layout** (image entries only, ``services.moderation.layout``): the share of a
   grid of mean colours that agrees between the image and the best-aligned crop or mirror
   of the entry's thumbnail. It is computed for the entries nearest by hash (distance at
   most ``phash_weak``) and those whose colour histograms share the most with the
@@ -45,10 +45,10 @@ from PIL import Image, ImageOps
 
 from services.audit import AuditLog
 from services.encoder import Encoder
-from services.errors import NotFound, SightlineError
+from services.errors import InvalidFlag, NotFound
 from services.images import decode_image
 from services.index.base import PointData, Record, VectorIndex
-from services.layout import (
+from services.moderation.layout import (
     BINS,
     colour_histogram,
     decode_layout,
@@ -56,20 +56,12 @@ from services.layout import (
     layout_score,
     layout_thumbnail,
 )
+from services.payload import CLEAR, QUARANTINED
 from services.settings import ImageLimits, ModerationSettings
-from services.store import ImageStore
+from services.storage.files import ImageStore
 
-QUARANTINED = "quarantined"
-APPROVED = "approved"
-CLEAR = "clear"
 # Crops (fraction removed) stored per flagged image, at each corner and the centre.
 _CROPS = (0.08, 0.15)
-
-
-class InvalidFlag(SightlineError):
-    """A flagged-set request that cannot be carried out."""
-
-    code = "invalid_flag"
 
 
 class EntryKind(StrEnum):
@@ -122,7 +114,7 @@ class FlaggedEntry:
     phashes: list[str] = field(default_factory=list)
     thumbnail: str = ""  # a small JPEG data URI of a flagged image, for reviewers
     original: str = ""  # sha256 of the flagged image in the flagged originals store
-    layout: str = ""  # colour thumbnail for the aligned-layout check (services.layout)
+    layout: str = ""  # colour thumbnail for the aligned-layout check (services.moderation.layout)
 
     def payload(self) -> dict[str, Any]:
         """What the ``flagged`` collection stores."""
@@ -200,12 +192,13 @@ class Verdict:
             "phash": f"{self.phash:016x}",
         }
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON form for ``/moderate``."""
+    def as_dict(self, with_matches: bool = True) -> dict[str, Any]:
+        """JSON form for ``/moderate``; ``with_matches=False`` leaves out which entries
+        matched and how closely (moderation internals, for admins only)."""
         return {
             "verdict": QUARANTINED if self.quarantined else CLEAR,
             "category": self.category,
-            "matches": [m.as_dict() for m in self.matches],
+            "matches": [m.as_dict() for m in self.matches] if with_matches else [],
         }
 
 
@@ -313,9 +306,10 @@ class FlaggedSet:
             NotFound: no such entry.
         """
         try:
-            records = self.index.retrieve(self.collection, [entry_id])
+            entry_id = str(uuid.UUID(entry_id))
         except ValueError as e:
             raise NotFound(f"no flagged entry {entry_id!r}") from e
+        records = self.index.retrieve(self.collection, [entry_id])
         if not records:
             raise NotFound(f"no flagged entry {entry_id!r}")
         return FlaggedEntry.from_record(records[0])
@@ -523,7 +517,7 @@ def audit_quarantines(
         if verdict.quarantined:
             audit.record(
                 actor,
-                "quarantine",
+                "image.quarantine",
                 image_id,
                 f"resembles flagged {verdict.category}",
                 {"matches": [m.as_dict() for m in verdict.matches]},

@@ -11,18 +11,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from services.audit import AuditLog
 from services.encoder import Encoder
 from services.errors import IndexUnavailable, InvalidImage, InvalidMetadata, NotFound
-from services.events import Dispatcher, FetchEvent, IngestEvent
-from services.fetch import FetchFailed, FetchRefused, fetch_image
 from services.ids import point_id
-from services.ingest import IngestItem, Ingestor, Outcome, _Prepared
-from services.jobs import JobStore, State
-from services.reembed import reembed
-from services.retag import retag
-from services.review import ReviewService
+from services.ingest.events import FetchEvent, IngestEvent
+from services.ingest.fetch import FetchFailed, FetchRefused, fetch_image
+from services.ingest.indexer import Indexer, Outcome
+from services.ingest.intake import VALIDATION_SIDE, IngestItem, Prepared, prepare
+from services.ingest.reembed import reembed
+from services.jobs.dispatch import Dispatcher
+from services.jobs.kinds import Kind
+from services.jobs.store import JobStore, State
 from services.settings import FetchSettings, ImageLimits, QueueSettings
-from services.store import ImageStore
+from services.storage.files import ImageStore
+from services.storage.thumbnails import ThumbnailStore
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +37,18 @@ def backoff_s(attempt: int, queue: QueueSettings) -> float:
 
 @dataclass
 class Pipeline:
-    """Processes ingest, fetch, bulk and delete work for one process."""
+    """Processes ingest, fetch, bulk, delete and re-embed work for one process."""
 
-    ingestor: Ingestor
     store: ImageStore
+    indexer: Indexer
     jobs: JobStore
     dispatcher: Dispatcher
     queue: QueueSettings
     fetch_settings: FetchSettings
     limits: ImageLimits
-    review: ReviewService | None = None
+    thumbnails: ThumbnailStore | None = None
+    flagged_originals: ImageStore | None = None
+    audit: AuditLog | None = None
 
     # -- ingest ---------------------------------------------------------------------------
 
@@ -52,15 +57,20 @@ class Pipeline:
         # use up the budget meant for items that crash their worker.
         return f"{event.item}#{event.round}.{event.attempt}"
 
-    def _load(self, event: IngestEvent) -> _Prepared | str:
+    def _load(self, event: IngestEvent) -> Prepared | str:
         """Read and validate one stored image; a string is the reason it failed."""
         try:
             data = self.store.get(event.image_id)
-            return self.ingestor.prepare(IngestItem(data, event.filename, event.metadata))
+            item = IngestItem(data, event.filename, event.metadata)
+            return prepare(item, self.limits, self.indexer.input_size)
         except NotFound:
             return f"image {event.image_id} is not in the image store"
         except (InvalidImage, InvalidMetadata) as e:
             return str(e)
+
+    def ingest_payloads(self, payloads: Sequence[Mapping[str, Any]]) -> None:
+        """Ingest a batch of image.uploaded messages as they came off the queue."""
+        self.ingest_events([IngestEvent.from_dict(dict(p)) for p in payloads])
 
     def ingest_events(self, events: Sequence[IngestEvent]) -> None:
         """Decode, embed and upsert a batch of image.uploaded events.
@@ -92,7 +102,7 @@ class Pipeline:
             return
         # Decode the next chunk on a thread (Pillow releases the GIL) while the model embeds
         # this one, so decoding hides behind the model instead of adding to it.
-        size = max(1, self.ingestor.encoder.batch_size)
+        size = max(1, self.indexer.encoder.batch_size)
         chunks = [live[i : i + size] for i in range(0, len(live), size)]
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
             pending = pool.submit(self._load_chunk, chunks[0])
@@ -104,11 +114,11 @@ class Pipeline:
 
     def _load_chunk(
         self, events: Sequence[IngestEvent]
-    ) -> list[tuple[IngestEvent, _Prepared | str]]:
+    ) -> list[tuple[IngestEvent, Prepared | str]]:
         return [(ev, self._load(ev)) for ev in events]
 
-    def _commit_chunk(self, loaded: Sequence[tuple[IngestEvent, _Prepared | str]]) -> None:
-        ready: list[tuple[IngestEvent, _Prepared]] = []
+    def _commit_chunk(self, loaded: Sequence[tuple[IngestEvent, Prepared | str]]) -> None:
+        ready: list[tuple[IngestEvent, Prepared]] = []
         for ev, result in loaded:
             if isinstance(result, str):
                 self._fail_bad_image(ev, result)
@@ -117,7 +127,7 @@ class Pipeline:
         if not ready:
             return
         try:
-            results = self.ingestor.commit([p for _, p in ready])
+            results = self.indexer.commit([p for _, p in ready])
         except IndexUnavailable as e:
             self._retry([ev for ev, _ in ready], str(e))
             return
@@ -133,7 +143,7 @@ class Pipeline:
     def _fail_bad_image(self, ev: IngestEvent, reason: str) -> None:
         self.jobs.set_item(ev.job_id, ev.item, State.FAILED, reason, image_id=ev.image_id)
         # A refused image must not linger in the store unless a point already uses it.
-        if not self.ingestor.index.retrieve(self.ingestor.collection, [point_id(ev.image_id)]):
+        if not self.indexer.index.retrieve(self.indexer.collection, [point_id(ev.image_id)]):
             self.store.delete(ev.image_id)
 
     def _retry(self, events: Sequence[IngestEvent], reason: str) -> None:
@@ -154,43 +164,42 @@ class Pipeline:
             log.warning(
                 "transient failure (%s); retrying %d items in %.1fs", reason, len(again), delay
             )
-            self.dispatcher.ingest(again, delay_s=delay)
+            self.dispatcher.publish(Kind.INGEST, [e.to_dict() for e in again], delay_s=delay)
 
     # -- URLs -----------------------------------------------------------------------------
+
+    def fetch_payload(self, payload: Mapping[str, Any]) -> None:
+        """Run one image.url_submitted message."""
+        self.fetch(FetchEvent.from_dict(dict(payload)))
 
     def fetch(self, event: FetchEvent) -> None:
         """Download one URL, validate and store it, then publish its ingest event."""
         self.jobs.set_item(event.job_id, event.url, State.PROCESSING)
         try:
             data, final_url = fetch_image(event.url, self.fetch_settings, self.limits.max_bytes)
-            prepared = self.ingestor.prepare(
-                IngestItem(data, final_url, event.metadata), for_model=False
-            )
+            prepare(IngestItem(data, final_url, event.metadata), self.limits, VALIDATION_SIDE)
         except FetchFailed as e:
             if event.attempt >= self.queue.max_retries:
                 self.jobs.set_item(event.job_id, event.url, State.FAILED, str(e))
             else:
                 self.jobs.set_item(event.job_id, event.url, State.QUEUED, f"retrying: {e}")
                 nxt = replace(event, attempt=event.attempt + 1)
-                self.dispatcher.fetch([nxt], delay_s=backoff_s(nxt.attempt, self.queue))
+                delay = backoff_s(nxt.attempt, self.queue)
+                self.dispatcher.publish(Kind.FETCH, [nxt.to_dict()], delay_s=delay)
             return
         except (FetchRefused, InvalidImage, InvalidMetadata) as e:
             self.jobs.set_item(event.job_id, event.url, State.FAILED, str(e))
             return
         image_id = self.store.put(data)
         self.jobs.set_item(event.job_id, event.url, State.PROCESSING, image_id=image_id)
-        self.dispatcher.ingest(
-            [
-                IngestEvent(
-                    job_id=event.job_id,
-                    item=event.url,
-                    image_id=image_id,
-                    filename=final_url,
-                    metadata={**event.metadata, "source_url": event.url},
-                )
-            ]
+        event_out = IngestEvent(
+            job_id=event.job_id,
+            item=event.url,
+            image_id=image_id,
+            filename=final_url,
+            metadata={**event.metadata, "source_url": event.url},
         )
-        del prepared
+        self.dispatcher.publish(Kind.INGEST, [event_out.to_dict()])
 
     # -- bulk and delete ------------------------------------------------------------------
 
@@ -212,7 +221,7 @@ class Pipeline:
         if not files:
             self.jobs.fail_job(job_id, f"{path} holds no files")
             return
-        pending: list[IngestEvent] = []
+        pending: list[dict[str, Any]] = []
         for f, key in zip(files, keys, strict=True):
             meta = dict(metadata.get(key) or metadata.get(f.name) or {})
             try:
@@ -221,64 +230,46 @@ class Pipeline:
                         f"file is {f.stat().st_size} bytes; the limit is {self.limits.max_bytes}"
                     )
                 data = f.read_bytes()
-                self.ingestor.prepare(IngestItem(data, key, meta), for_model=False)
+                prepare(IngestItem(data, key, meta), self.limits, VALIDATION_SIDE)
             except (InvalidImage, InvalidMetadata, OSError) as e:
                 self.jobs.set_item(job_id, key, State.FAILED, str(e))
                 continue
             image_id = self.store.put(data)
-            pending.append(IngestEvent(job_id, key, image_id, key, meta))
+            pending.append(IngestEvent(job_id, key, image_id, key, meta).to_dict())
             if len(pending) >= chunk:
-                self.dispatcher.ingest(pending)
+                self.dispatcher.publish(Kind.INGEST, pending)
                 pending = []
         if pending:
-            self.dispatcher.ingest(pending)
+            self.dispatcher.publish(Kind.INGEST, pending)
 
-    def reembed(self, job_id: str, model: str, prefix: str, switch: bool) -> None:
+    def reembed(self, job_id: str, model: str, prefix: str, switch: bool, by: str = "") -> None:
         """Re-embed every image with ``model`` into collections under ``prefix``."""
-        current = self.ingestor.encoder
+        current = self.indexer.encoder
         target = Encoder(model, device=current.device, batch_size=current.batch_size)
+        index = self.indexer.index
         reembed(
-            index=self.ingestor.index,
+            index=index,
             store=self.store,
             limits=self.limits,
-            source_prefix=self.ingestor.collection.removesuffix("images"),
+            source_prefix=self.indexer.collection.removesuffix("images"),
             target_prefix=prefix,
             target=target,
             jobs=self.jobs,
             job_id=job_id,
             switch=switch,
-            flagged_store=self.review.flagged.originals if self.review is not None else None,
+            flagged_store=self.flagged_originals,
         )
-
-    def retag(self, job_id: str) -> None:
-        """Rewrite every image's tags with the current taxonomy."""
-        tagger = self.ingestor.tagger
-        if tagger is None:
-            self.jobs.fail_job(job_id, "tagging is not configured in this process")
-            return
-        retag(
-            index=self.ingestor.index,
-            collection=self.ingestor.collection,
-            store=self.store,
-            tagger=tagger,
-            jobs=self.jobs,
-            job_id=job_id,
-        )
-
-    def scan_flagged(self, job_id: str, entry_ids: Sequence[str] | None) -> None:
-        """Re-check existing images against flagged entries (all when ``entry_ids`` is None)."""
-        if self.review is None:
-            self.jobs.fail_job(job_id, "moderation is not configured in this process")
-            return
-        self.review.scan(self.jobs, job_id, entry_ids)
+        if switch and index.active_prefix() == prefix and self.audit is not None:
+            details = {"model": model, "prefix": prefix, "job": job_id, "requested_by": by}
+            self.audit.record("system:reembed", "model.switch", prefix, None, details)
 
     def delete(self, job_id: str, image_ids: Sequence[str]) -> None:
         """Remove images from the index and the store."""
         for image_id in image_ids:
             self.jobs.set_item(job_id, image_id, State.PROCESSING)
-        self.ingestor.index.delete(self.ingestor.collection, [point_id(i) for i in image_ids])
+        self.indexer.index.delete(self.indexer.collection, [point_id(i) for i in image_ids])
         for image_id in image_ids:
             self.store.delete(image_id)
-            if self.ingestor.thumbnails is not None:
-                self.ingestor.thumbnails.delete(image_id)
+            if self.thumbnails is not None:
+                self.thumbnails.delete(image_id)
             self.jobs.set_item(job_id, image_id, State.DONE)

@@ -15,16 +15,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from services.errors import SightlineError
+from services.errors import InvalidTaxonomy
 
 DEFAULT_TEMPLATES = ["a photo of a {label}", "a product photo of a {label}"]
 _NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
-
-
-class InvalidTaxonomy(SightlineError):
-    """A taxonomy document that cannot be used; the message names the offending part."""
-
-    code = "invalid_taxonomy"
 
 
 class _Strict(BaseModel):

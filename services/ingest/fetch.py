@@ -14,23 +14,11 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from services.errors import IndexUnavailable, SightlineError
+from services.errors import FetchFailed, FetchRefused
 from services.settings import FetchSettings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class FetchRefused(SightlineError):
-    """The URL may not be fetched, or what it serves is refused (permanent)."""
-
-    code = "fetch_refused"
-
-
-class FetchFailed(IndexUnavailable):
-    """A network failure or server error that may pass (transient: retried)."""
-
-    code = "fetch_failed"
 
 
 def _allowed(addr: IPAddress, allow: Sequence[Network]) -> bool:

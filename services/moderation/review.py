@@ -15,23 +15,17 @@ from typing import Any
 import numpy as np
 
 from services.audit import AuditLog
-from services.errors import InvalidImage, NotFound
+from services.auth.principal import Principal, Scope
+from services.errors import InvalidFlag, InvalidImage, NotFound
 from services.ids import is_image_id, point_id
 from services.images import decode_image
 from services.index.base import PayloadFilter, Record, VectorIndex
-from services.jobs import SCAN_ITEM, JobStore, State
-from services.layout import layout_thumbnail
-from services.moderation import (
-    APPROVED,
-    QUARANTINED,
-    FlaggedSet,
-    InvalidFlag,
-    Verdict,
-    audit_quarantines,
-    phash,
-)
-from services.store import ImageStore
-from services.thumbnails import ThumbnailStore
+from services.jobs.store import SCAN_ITEM, JobStore, State
+from services.moderation.flagged import FlaggedSet, Verdict, audit_quarantines, phash
+from services.moderation.layout import layout_thumbnail
+from services.payload import APPROVED, QUARANTINED
+from services.storage.files import ImageStore
+from services.storage.thumbnails import ThumbnailStore
 
 
 class Decision(StrEnum):
@@ -108,13 +102,14 @@ class ReviewService:
         self,
         image_ids: Sequence[str],
         decision: Decision,
-        actor: str,
+        caller: Principal,
         reason: str | None = None,
         add_to_flagged: bool = False,
         category: str | None = None,
     ) -> list[DecisionResult]:
         """Approve (released; the entries it matched will not flag it again) or reject
         (removed from the catalog; optionally its image joins the flagged set)."""
+        caller.require(Scope.ADMIN)
         results = []
         for image_id in dict.fromkeys(i.strip().lower() for i in image_ids):
             try:
@@ -123,33 +118,37 @@ class ReviewService:
                 results.append(DecisionResult(image_id, decision.value, False, str(e)))
                 continue
             if decision is Decision.APPROVE:
-                results.append(self._approve(image_id, record, actor, reason))
+                results.append(self._approve(image_id, record, caller, reason))
             else:
                 results.append(
-                    self._reject(image_id, record, actor, reason, add_to_flagged, category)
+                    self._reject(image_id, record, caller, reason, add_to_flagged, category)
                 )
         return results
 
     def _approve(
-        self, image_id: str, record: Record, actor: str, reason: str | None
+        self, image_id: str, record: Record, caller: Principal, reason: str | None
     ) -> DecisionResult:
         moderation = dict(record.payload.get("moderation") or {})
         matched = [m["entry_id"] for m in moderation.get("matches", [])]
         moderation["approved_entries"] = sorted(
             set(moderation.get("approved_entries", [])) | set(matched)
         )
-        moderation.update({"reviewed_by": actor, "reviewed_at": _now(), "review_reason": reason})
+        moderation.update(
+            {"reviewed_by": caller.name, "reviewed_at": _now(), "review_reason": reason}
+        )
         self.index.set_payload(
             self.collection, [record.id], {"moderation_status": APPROVED, "moderation": moderation}
         )
-        self.audit.record(actor, "approve", image_id, reason, {"cleared_entries": matched})
+        self.audit.record(
+            caller.name, "image.approve", image_id, reason, {"cleared_entries": matched}
+        )
         return DecisionResult(image_id, "approve", True, "released")
 
     def _reject(
         self,
         image_id: str,
         record: Record,
-        actor: str,
+        caller: Principal,
         reason: str | None,
         add_to_flagged: bool,
         category: str | None,
@@ -164,20 +163,21 @@ class ReviewService:
                 entry = self.flagged.add_image(
                     self.store.get(image_id),
                     chosen,
-                    actor,
+                    caller.name,
                     source=f"rejected:{image_id}",
                     note=reason or "",
                 )
             except (NotFound, InvalidImage) as e:
                 return DecisionResult(image_id, "reject", False, f"cannot flag the original: {e}")
             entry_id = entry.id
+            self.audit.record(caller.name, "flag.add", entry.id, reason, entry.as_dict())
         self.index.delete(self.collection, [record.id])
         self.store.delete(image_id)
         if self.thumbnails is not None:
             self.thumbnails.delete(image_id)
         self.audit.record(
-            actor,
-            "reject",
+            caller.name,
+            "image.reject",
             image_id,
             reason,
             {

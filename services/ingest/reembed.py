@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from services.encoder import Encoder
-from services.errors import InvalidImage, NotFound
+from services.errors import InvalidImage, InvalidInput, NotFound
 from services.images import decode_image
 from services.index.base import PointData, VectorIndex
-from services.jobs import JobStore, State
-from services.layout import encode_layout, layout_thumbnail
+from services.jobs.store import JobStore, State
+from services.moderation.layout import encode_layout, layout_thumbnail
 from services.settings import ImageLimits
-from services.store import ImageStore
+from services.storage.files import ImageStore
 
 
 def reembed(
@@ -40,7 +40,7 @@ def reembed(
     decodes are failed items of the job; the switch happens only if none failed.
     """
     if source_prefix == target_prefix:
-        raise ValueError("re-embed needs a new collection prefix")
+        raise InvalidInput("re-embed needs a new collection prefix")
     source, dest = f"{source_prefix}images", f"{target_prefix}images"
     if index.collection_identity(source) is None:
         raise NotFound(f"collection {source!r} does not exist")

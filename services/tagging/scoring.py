@@ -30,18 +30,12 @@ import numpy as np
 from PIL import Image
 
 from services.encoder import Encoder, ModelFamily
-from services.errors import SightlineError
+from services.errors import InvalidQuery, NoTaxonomy
 from services.images import decode_image
-from services.labels import DimensionVectors, LabelBank, LabelSet, mean_direction
 from services.settings import ImageLimits
+from services.tagging.labels import DimensionVectors, LabelBank, LabelSet, mean_direction
 
 MULTI_LABEL_THRESHOLD = 0.5
-
-
-class NoTaxonomy(SightlineError):
-    """Tagging was asked for with no taxonomy loaded and no candidate labels."""
-
-    code = "no_taxonomy"
 
 
 PAYLOAD_TOP = 5  # scores kept per dimension in the image payload
@@ -303,10 +297,10 @@ class Tagger:
         classification pipeline takes them (one prompt per label from the template)."""
         names = list(dict.fromkeys(c.strip() for c in candidate_labels if c.strip()))
         if len(names) < (1 if multi_label else 2):
-            raise ValueError("give at least two distinct candidate labels (one if multi-label)")
+            raise InvalidQuery("give at least two distinct candidate labels (one if multi-label)")
         template = hypothesis_template.replace("{label}", "{}")
         if "{}" not in template:
-            raise ValueError("hypothesis_template must contain {} where the label goes")
+            raise InvalidQuery("hypothesis_template must contain {} where the label goes")
         label_vectors = self.encoder.encode_texts([template.replace("{}", n) for n in names])
         dim = DimensionVectors("labels", multi_label, names, label_vectors, [None] * len(names))
         family = self.encoder.family

@@ -12,7 +12,7 @@ from services.errors import NotFound
 from services.ids import is_image_id
 from services.images import decode_image
 from services.settings import ImageLimits
-from services.store import ImageStore, atomic_write
+from services.storage.files import ImageStore, atomic_write
 
 DEFAULT_SIZE = 256
 ALLOWED_SIZES = (64, 128, 256, 512)

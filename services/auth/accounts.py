@@ -21,17 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.errors import SightlineError
+from services.errors import InvalidAccount
 
 _N, _R, _P = 2**14, 8, 1
 _USERNAME = re.compile(r"^[A-Za-z0-9_.@-]{2,64}$")
 MIN_PASSWORD = 10
-
-
-class InvalidAccount(SightlineError):
-    """A username or password that cannot be accepted."""
-
-    code = "invalid_account"
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from services.encoder import Encoder
-from services.errors import IndexUnavailable
+from services.errors import BrokerUnavailable
 from services.index.base import PayloadFilter, PointData, VectorIndex
-from services.store import atomic_write
-from services.taxonomy import Taxonomy, taxonomy_from_data
+from services.storage.files import atomic_write
+from services.tagging.taxonomy import Taxonomy, taxonomy_from_data
 
 _NAMESPACE = uuid.UUID("0b7f8f2e-7d51-4d0f-9d8e-5a4c3b2a1f00")
 REDIS_KEY = "sightline:taxonomy"
@@ -79,7 +79,7 @@ class RedisTaxonomyStore(TaxonomyStore):
         try:
             raw = self.r.get(self.key)
         except redis.RedisError as e:
-            raise IndexUnavailable(f"cannot read the taxonomy from Redis: {e}") from e
+            raise BrokerUnavailable(f"cannot read the taxonomy from Redis: {e}") from e
         return raw.decode() if isinstance(raw, bytes) else raw
 
     def _write(self, text: str) -> None:
@@ -88,7 +88,7 @@ class RedisTaxonomyStore(TaxonomyStore):
         try:
             self.r.set(self.key, text)
         except redis.RedisError as e:
-            raise IndexUnavailable(f"cannot store the taxonomy in Redis: {e}") from e
+            raise BrokerUnavailable(f"cannot store the taxonomy in Redis: {e}") from e
 
 
 @dataclass(frozen=True)

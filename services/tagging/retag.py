@@ -6,9 +6,9 @@ import numpy as np
 
 from services.errors import InvalidImage, NotFound
 from services.index.base import VectorIndex
-from services.jobs import SCAN_ITEM, JobStore, State
-from services.store import ImageStore
-from services.tagging import Tagger
+from services.jobs.store import SCAN_ITEM, JobStore, State
+from services.storage.files import ImageStore
+from services.tagging.scoring import Tagger
 
 
 def retag(

@@ -21,10 +21,10 @@ from PIL import Image, ImageDraw
 from services.encoder import Encoder
 from services.errors import InvalidMetadata
 from services.images import decode_image
-from services.labels import embed_taxonomy
 from services.settings import ImageLimits
-from services.tagging import TextReader, score_vectors
-from services.taxonomy import DEFAULT_TEMPLATES, Dimension, Label, OcrFusion, Taxonomy
+from services.tagging.labels import embed_taxonomy
+from services.tagging.scoring import TextReader, score_vectors
+from services.tagging.taxonomy import DEFAULT_TEMPLATES, Dimension, Label, OcrFusion, Taxonomy
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 

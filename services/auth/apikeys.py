@@ -17,19 +17,11 @@ import sqlite3
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from services.errors import NotFound
-
-
-class Scope(StrEnum):
-    """What a key may do; admin implies the others."""
-
-    SEARCH = "search"
-    INGEST = "ingest"
-    ADMIN = "admin"
+from services.auth.principal import Principal, Scope
+from services.errors import InvalidInput, NotFound
 
 
 @dataclass(frozen=True)
@@ -44,7 +36,11 @@ class ApiKey:
 
     def allows(self, scope: Scope) -> bool:
         """Whether this key may use an endpoint that needs ``scope``."""
-        return not self.revoked and (scope in self.scopes or Scope.ADMIN in self.scopes)
+        return not self.revoked and self.principal().allows(scope)
+
+    def principal(self) -> Principal:
+        """The caller this key acts as (a revoked key holds no scopes)."""
+        return Principal(f"key:{self.name}", frozenset() if self.revoked else self.scopes)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form (no secret)."""
@@ -80,7 +76,7 @@ class KeyStore(abc.ABC):
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )
         if not key.scopes:
-            raise ValueError("a key needs at least one scope")
+            raise InvalidInput("a key needs at least one scope")
         secret = secrets.token_urlsafe(32)
         self._save(key, _digest(secret))
         return key, f"sl_{key.id}_{secret}"

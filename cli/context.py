@@ -1,0 +1,36 @@
+"""How a CLI command gets its runtime and who it acts as."""
+
+from __future__ import annotations
+
+import getpass
+
+from services.auth.principal import Principal, operator
+from services.runtime import Runtime, build_runtime
+from services.settings import Settings, load_settings
+from workers.dispatch import dispatcher_for
+
+
+def caller() -> Principal:
+    """The local operator: whoever can run the CLI beside the data has full rights."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        user = "operator"
+    return operator(user)
+
+
+def open_runtime(settings: Settings | None = None) -> Runtime:
+    """Build this process's runtime (Celery dispatcher when a broker is set) and open it."""
+    settings = settings or load_settings()
+    runtime = build_runtime(settings, dispatcher_for(settings))
+    runtime.open()
+    return runtime
+
+
+def finish_job(runtime: Runtime, job_id: str, timeout_s: float) -> dict[str, object]:
+    """Wait for a job run in this process (no broker), then close the runtime; returns the
+    job's state. With a broker the job runs on the workers and this reports it as queued."""
+    runtime.wait_idle(timeout_s=timeout_s)
+    data = runtime.jobs.get(caller(), job_id).as_dict()
+    runtime.close()
+    return data

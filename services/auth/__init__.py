@@ -1,0 +1,1 @@
+"""API keys, dashboard accounts, and the principal every catalog call carries."""

@@ -1,0 +1,57 @@
+"""Who is calling: the one argument every catalog read and change carries.
+
+An API key, a dashboard user, the local CLI operator and the system's own jobs all reach
+the services as a ``Principal``. Services decide from it what the caller may see and do,
+and name it in the audit log, so every entry point behaves alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from services.errors import Forbidden
+
+
+class Scope(StrEnum):
+    """What a caller may do; admin implies the others."""
+
+    SEARCH = "search"
+    INGEST = "ingest"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A caller: a name for the audit log and the scopes it holds."""
+
+    name: str  # "key:<name>", "user:<name>", "cli:<user>", "system:<job>"
+    scopes: frozenset[Scope]
+
+    def allows(self, scope: Scope) -> bool:
+        """Whether this caller may do what needs ``scope``."""
+        return scope in self.scopes or Scope.ADMIN in self.scopes
+
+    @property
+    def is_admin(self) -> bool:
+        """Admins see quarantined images and moderation internals."""
+        return Scope.ADMIN in self.scopes
+
+    def require(self, scope: Scope) -> None:
+        """Raise Forbidden unless the caller holds ``scope``.
+
+        Interfaces check scopes before calling; services check again so that no entry
+        point can skip the rule.
+        """
+        if not self.allows(scope):
+            raise Forbidden(f"{self.name} lacks the {scope.value!r} scope")
+
+
+def system(job: str) -> Principal:
+    """The system acting on its own (an ingest's automatic quarantine, a scan)."""
+    return Principal(f"system:{job}", frozenset({Scope.ADMIN}))
+
+
+def operator(user: str = "operator") -> Principal:
+    """Whoever runs the CLI on a machine holding the data: full rights, as its files give."""
+    return Principal(f"cli:{user}", frozenset({Scope.ADMIN}))

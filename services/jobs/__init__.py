@@ -1,0 +1,1 @@
+"""Jobs: where their states live, the table of job kinds, and the in-process dispatcher."""

@@ -1,0 +1,1 @@
+"""Moderation: the flagged set and its signals (embedding, hashes, layout), the review queue."""

@@ -1,0 +1,1 @@
+"""Search: text, similar, by image and recommend, shaped by what the caller may see."""

@@ -1,0 +1,1 @@
+"""Where image bytes live: originals (content-addressed) and thumbnails."""

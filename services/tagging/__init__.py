@@ -1,0 +1,1 @@
+"""Zero-shot tagging: taxonomy, label vectors, scoring, re-tag, OCR fusion, evaluation."""
