@@ -11,12 +11,12 @@ from typing import Any
 from services.errors import InvalidMetadata
 
 _KEY_COLUMNS = ("filename", "path", "file")
-_NUMBER = re.compile(r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?$")
+_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")
 
 
 def _typed(value: str) -> Any:
     """CSV cells are text; numbers without leading zeros become numbers so ranges work."""
-    if _NUMBER.match(value):
+    if _NUMBER.fullmatch(value):
         return float(value) if "." in value else int(value)
     return value
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from services.errors import ModelUnavailable
+from services.errors import InvalidQuery, ModelUnavailable
 
 _FINGERPRINT_BYTES = 1 << 20
 
@@ -87,6 +87,17 @@ def _input_size(model: Any) -> int | None:
             if value:
                 return int(value)
     return None
+
+
+def _limit_text_length(model: Any) -> None:
+    """Truncate texts to the text tower's positions (sentence-transformers leaves CLIP's
+    unbounded, and a long text then fails inside the model instead of being cut)."""
+    hf = getattr(model[0], "model", None)
+    text_config = getattr(getattr(hf, "config", None), "text_config", None)
+    positions = getattr(text_config, "max_position_embeddings", None)
+    current = getattr(model, "max_seq_length", None)
+    if isinstance(positions, int) and (current is None or current > positions):
+        model.max_seq_length = positions
 
 
 class Encoder:
@@ -163,6 +174,7 @@ class Encoder:
             raise ModelUnavailable(f"model {self.model_name!r} does not report its vector size")
         self._read_logit_params(model)
         self._input_size = _input_size(model)
+        _limit_text_length(model)
         model_id = local_model_id(path.resolve()) if is_local else self.model_name
         self._identity = ModelIdentity(model_id=model_id, size=int(dim))
         self._model = model
@@ -230,5 +242,15 @@ class Encoder:
         return self._encode(images, Modality.IMAGE)
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed texts; rows are unit-length float32 vectors."""
+        """Embed texts; rows are unit-length float32 vectors. Texts longer than the text
+        tower's context are truncated to it, as the model was trained.
+
+        Raises:
+            InvalidQuery: a text is not valid Unicode (an unpaired surrogate).
+        """
+        for text in texts:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise InvalidQuery(f"text is not valid Unicode: {e.reason}") from e
         return self._encode(texts, Modality.TEXT)

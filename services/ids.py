@@ -6,7 +6,7 @@ import hashlib
 import re
 import uuid
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def sha256_hex(data: bytes) -> str:
@@ -24,5 +24,14 @@ def point_id(image_id: str) -> str:
 
 
 def is_image_id(value: str) -> bool:
-    """True when the value is a full lowercase hex sha256."""
-    return bool(_SHA256.match(value))
+    """True when the whole value is a lowercase hex sha256 (``fullmatch``: a ``$`` anchor
+    would also accept a trailing newline)."""
+    return isinstance(value, str) and _SHA256.fullmatch(value) is not None
+
+
+def is_point_id(value: str) -> bool:
+    """True when the value is a point id as this code writes them (a canonical UUID)."""
+    try:
+        return isinstance(value, str) and str(uuid.UUID(value)) == value.lower()
+    except ValueError:
+        return False

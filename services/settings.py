@@ -98,7 +98,15 @@ class QueueSettings(BaseModel):
 class FetchSettings(BaseModel):
     """Downloading images by URL."""
 
-    timeout_s: float = Field(default=15.0, gt=0, le=300)
+    timeout_s: float = Field(
+        default=15.0, gt=0, le=300, description="Longest wait for a connection or one read."
+    )
+    deadline_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="Longest a whole download may take, redirects and every read included.",
+    )
     max_redirects: int = Field(default=3, ge=0, le=10)
     allow_networks: list[str] = Field(
         default_factory=list,
@@ -164,6 +172,13 @@ class WebSettings(BaseModel):
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_files_per_upload: int = Field(default=256, ge=1)
     metrics_public: bool = Field(default=True, description="Serve /metrics without a key.")
+    trusted_proxies: int = Field(
+        default=0,
+        ge=0,
+        le=5,
+        description="Reverse proxies in front of the app whose X-Forwarded-For/-Proto/-Host "
+        "headers are believed (werkzeug ProxyFix); 0 trusts none.",
+    )
 
 
 class Settings(BaseSettings):

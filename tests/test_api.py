@@ -20,9 +20,10 @@ from services.errors import ConfigError
 from services.images import decode_image
 from services.runtime import build_runtime
 from services.settings import ImageLimits, Settings
+from services.tagging.taxonomy import parse_taxonomy
 from tests.api_fixtures import auth, make_app, runtime_of, settle
 from tests.brute import top_k
-from tests.conftest import ADMIN, jpeg_bytes, png_bytes
+from tests.conftest import ADMIN, jpeg_bytes, png_bytes, set_taxonomy
 from web import create_app
 from workers.dispatch import dispatcher_for
 
@@ -186,6 +187,7 @@ def test_search_validation_names_the_field(client: FlaskClient, tokens: dict[str
     assert r.status_code == 422 and "colour" in r.json["error"]["message"]
     r = client.get("/api/v1/search?q=x&where=price>=cheap", headers=h)
     assert r.status_code == 422 and r.json["error"]["code"] == "invalid_filter"
+    assert r.json["error"]["fields"][0]["field"] == "where"
 
 
 def test_similar_by_image_and_recommend(
@@ -316,8 +318,20 @@ def test_openapi_is_valid_and_covers_every_route(app: Flask, client: FlaskClient
     }
     assert routes and routes == documented
     search = doc["paths"]["/api/v1/search"]["get"]
-    assert {p["name"] for p in search["parameters"]} == {"q", "k", "where", "one_per", "filters"}
+    assert {p["name"] for p in search["parameters"]} == {
+        "q",
+        "k",
+        "offset",
+        "where",
+        "one_per",
+        "fields",
+    }
     assert "422" in search["responses"] and "401" in search["responses"]
+    # The current taxonomy's dimensions are documented as filter parameters.
+    set_taxonomy(runtime_of(app), parse_taxonomy("dimensions: [{name: colour, labels: [a, b]}]"))
+    doc = client.get("/api/v1/openapi.json").json
+    names = {p["name"] for p in doc["paths"]["/api/v1/search"]["get"]["parameters"]}
+    assert "colour" in names
 
 
 def test_health_ready_metrics(

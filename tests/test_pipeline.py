@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from qdrant_client import QdrantClient
 
-from services.errors import FetchRefused, InvalidImage, InvalidMetadata, NotFound
+from services.errors import FetchRefused, InvalidImage, NotFound
 from services.index.server import ServerIndex
 from services.ingest.fetch import fetch_image
 from services.ingest.intake import IngestItem
@@ -118,7 +118,7 @@ def test_url_job(runtime: Runtime, http_server: str) -> None:
     hits = runtime.search.text(ADMIN, "anything", k=5)
     assert {h.payload["source_url"] for h in hits} == set(urls[:2])
     assert all(h.payload["source"] == "feed" for h in hits)
-    with pytest.raises(InvalidMetadata):
+    with pytest.raises(FetchRefused, match="http and https"):
         runtime.uploads.ingest_urls(ADMIN, ["file:///etc/passwd"])
 
 

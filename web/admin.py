@@ -11,13 +11,14 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
     Response,
     flash,
+    g,
     jsonify,
     redirect,
     render_template,
@@ -26,16 +27,17 @@ from flask import (
     url_for,
 )
 from flask.typing import ResponseReturnValue
+from pydantic import Field, TypeAdapter, ValidationError
 
 from services.auth.principal import Principal
-from services.auth.service import user_principal
 from services.errors import InvalidInput, SightlineError
 from services.filters import parse_filters
 from services.ingest.intake import IngestItem
 from services.moderation.review import Decision
-from services.search.service import SearchHit
+from services.search.service import MAX_K, SearchHit
 from services.tagging.scoring import TagResult
 from services.tagging.taxonomy import Taxonomy, parse_taxonomy
+from web import schemas as s
 from web.extension import runtime
 
 bp = Blueprint(
@@ -47,6 +49,18 @@ bp = Blueprint(
     static_url_path="/static",
 )
 PER_PAGE = 24
+MAX_PAGE = MAX_K // PER_PAGE
+PAGE = TypeAdapter(Annotated[int, Field(ge=1, le=MAX_PAGE)])
+FLAG_FIELDS = ("category", "threshold", "note")
+
+
+def _describe(err: ValidationError) -> str:
+    """A validation error as one line naming each field."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in d['loc']) or 'form'}: {d['msg']}" for d in err.errors()
+    )
+
+
 SAMPLE_IMAGES = 6
 EXAMPLE_TAXONOMY = """dimensions:
   - name: colour
@@ -61,22 +75,52 @@ EXAMPLE_TAXONOMY = """dimensions:
 
 
 def user() -> str | None:
-    """The logged-in account, if any."""
-    return session.get("user")
+    """The logged-in account, if its session is still open."""
+    principal = _session_principal()
+    return principal.name.removeprefix("user:") if principal is not None else None
+
+
+def _session_principal() -> Principal | None:
+    """The session's user, checked once per request against the open sessions (a cookie
+    kept after logout or a password change is refused)."""
+    if "dashboard_user" not in g:
+        name, nonce = session.get("user"), session.get("nonce")
+        found = runtime().access.session(name, nonce) if name and nonce else None
+        if found is None and name:
+            session.clear()
+        g.dashboard_user = found
+    principal: Principal | None = g.dashboard_user
+    return principal
+
+
+def caller() -> Principal:
+    """The logged-in user as the services see them."""
+    principal = _session_principal()
+    assert principal is not None  # login_required ran
+    return principal
 
 
 def login_required(view: Callable[..., ResponseReturnValue]) -> Callable[..., ResponseReturnValue]:
-    """Redirect to the login page (or 401 for scripts) without a session."""
+    """Redirect to the login page (or 401 for scripts) without an open session."""
 
     @functools.wraps(view)
     def wrapped(**kwargs: Any) -> ResponseReturnValue:
-        if user() is None:
+        if _session_principal() is None:
             if request.accept_mimetypes.best == "application/json" or request.is_json:
                 return jsonify({"error": {"code": "unauthorized", "message": "log in"}}), 401
             return redirect(url_for("admin.login", next=request.full_path))
         return view(**kwargs)
 
     return wrapped
+
+
+@bp.after_request
+def _no_store(response: Response) -> Response:
+    """Dashboard pages and answers show catalog and moderation data: browsers and proxies
+    must not keep them (images set their own caching)."""
+    if not (response.mimetype or "").startswith("image/") and request.endpoint != "admin.static":
+        response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _safe_next(target: str | None) -> str:
@@ -86,13 +130,6 @@ def _safe_next(target: str | None) -> str:
         if not parts.netloc and not parts.scheme:
             return target
     return url_for("admin.search")
-
-
-def caller() -> Principal:
-    """The logged-in user as the services see them."""
-    name = user()
-    assert name is not None  # login_required ran
-    return user_principal(name)
 
 
 @bp.app_context_processor
@@ -109,10 +146,10 @@ def login() -> ResponseReturnValue:
     if request.method == "POST":
         username = request.form.get("username", "").strip()
         password = request.form.get("password", "")
-        principal = runtime().access.login(username, password)
-        if principal is not None:
+        nonce = runtime().access.login(username, password)
+        if nonce is not None:
             session.clear()
-            session["user"] = username
+            session.update(user=username, nonce=nonce)
             session.permanent = True
             return redirect(_safe_next(request.args.get("next")))
         error = "Wrong username or password."
@@ -122,6 +159,9 @@ def login() -> ResponseReturnValue:
 
 @bp.post("/logout")
 def logout() -> ResponseReturnValue:
+    name, nonce = session.get("user"), session.get("nonce")
+    if name and nonce:
+        runtime().access.logout(name, nonce)
     session.clear()
     return redirect(url_for("admin.login"))
 
@@ -139,7 +179,8 @@ def home() -> ResponseReturnValue:
 @login_required
 def thumbnail(image_id: str) -> ResponseReturnValue:
     size = request.args.get("size", "256")
-    data = runtime().search.thumbnail(caller(), image_id, int(size) if size.isdigit() else 256)
+    size_px = int(size) if size.isascii() and size.isdigit() and len(size) < 5 else 256
+    data = runtime().search.thumbnail(caller(), image_id, size_px)
     return Response(data, mimetype="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
@@ -165,12 +206,15 @@ def search() -> ResponseReturnValue:
     q = request.values.get("q", "").strip()
     where = request.values.get("where", "").strip()
     one_per = "product_id" if request.values.get("one_per") else None
-    page = max(1, int(request.values.get("page", "1") or 1))
+    error = None
+    try:
+        page = PAGE.validate_python(request.values.get("page") or "1")
+    except ValidationError:
+        page, error = 1, f"page must be a whole number from 1 to {MAX_PAGE}"
     exprs, chosen = _tag_filters(dimensions)
     if where:
         exprs += [w.strip() for w in where.split(";") if w.strip()]
     hits: list[SearchHit] = []
-    error = None
     mode = "browse"
     try:
         flt = parse_filters(exprs)
@@ -364,19 +408,24 @@ def decide() -> ResponseReturnValue:
 @login_required
 def flag_add() -> ResponseReturnValue:
     moderation = runtime().moderation
-    category = request.form.get("category", "").strip()
-    raw_threshold = request.form.get("threshold", "").strip()
-    threshold = float(raw_threshold) if raw_threshold else None
-    note = request.form.get("note", "")
     upload = request.files.get("file")
+    fields = {k: v.strip() for k, v in request.form.items() if k in FLAG_FIELDS and v.strip()}
     try:
+        # The API's schemas: a form cannot do what the API refuses.
         if upload is not None and upload.filename:
+            options: s.FlagOptions = s.FlagOptions.model_validate(fields)
             entry, job_id = moderation.add_image(
-                caller(), upload.read(), category, "upload", threshold, note
+                caller(), upload.read(), options.category, "upload", options.threshold, options.note
             )
         else:
-            text = request.form.get("text", "")
-            entry, job_id = moderation.add_text(caller(), text, category, threshold, note)
+            body = s.FlagBody.model_validate({**fields, "text": request.form.get("text", "")})
+            assert body.text is not None  # validated: exactly one source
+            entry, job_id = moderation.add_text(
+                caller(), body.text, body.category, body.threshold, body.note
+            )
+    except ValidationError as e:
+        flash(f"Not added: {_describe(e)}")
+        return redirect(url_for("admin.moderation"))
     except SightlineError as e:
         flash(f"Not added: {e}")
         return redirect(url_for("admin.moderation"))

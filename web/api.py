@@ -6,7 +6,6 @@ decided in the services, not here.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,16 +14,16 @@ from flask.typing import ResponseReturnValue
 from pydantic import ValidationError
 
 from services.auth.principal import Scope
-from services.errors import NotFound
+from services.errors import InvalidFilter, NotFound
 from services.filters import parse_filters
 from services.index.base import PayloadFilter
 from services.ingest.intake import IngestItem
-from services.search.service import SearchHit
+from services.search.service import MAX_K, SearchHit
 from services.tagging.scoring import TagResult
 from services.tagging.taxonomy import Taxonomy
 from web import schemas as s
-from web.endpoint import Operation, caller, endpoint, tag_dimensions
-from web.errors import field_error, validation_error
+from web.endpoint import FormField, Operation, caller, endpoint, parse_json, tag_dimensions
+from web.errors import ApiError, field_error, validation_error
 from web.extension import runtime
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -42,18 +41,36 @@ _MEDIA = {
 def _filters(where: Sequence[str]) -> PayloadFilter:
     """``where`` expressions plus taxonomy shorthands (``colour=red`` -> ``tags.colour``)."""
     exprs = list(where)
-    shorthand = set(request.args) - {"q", "k", "where", "one_per"}
+    shorthand = set(request.args) - {"q", "k", "where", "one_per", "offset", "fields"}
     for dim in sorted(tag_dimensions() & shorthand if shorthand else ()):
-        exprs += [f"tags.{dim}={value}" for value in request.args.getlist(dim)]
-    return parse_filters(exprs)
+        exprs.append(f"tags.{dim}=" + "|".join(request.args.getlist(dim)))  # any of them
+    try:
+        return parse_filters(exprs)
+    except InvalidFilter as e:
+        fields = [{"field": "where", "message": str(e)}]
+        raise ApiError(422, e.code, f"where: {e}", fields=fields) from e
 
 
-def _hits(hits: Sequence[SearchHit]) -> s.Hits:
+def _hits(
+    hits: Sequence[SearchHit], k: int = 0, offset: int = 0, fields: str | None = None
+) -> s.Hits:
+    """Ranked results; ``fields`` (comma-separated) picks payload fields, and a full page
+    says where the next one starts."""
+    wanted = {f.strip() for f in fields.split(",") if f.strip()} if fields else None
+    more = bool(k) and len(hits) == k and offset + k < MAX_K
     return s.Hits(
         results=[
-            s.Hit(rank=n, image_id=h.image_id, score=h.score, payload=h.payload)
+            s.Hit(
+                rank=offset + n,
+                image_id=h.image_id,
+                score=h.score,
+                payload=h.payload
+                if wanted is None
+                else {f: h.payload[f] for f in wanted & set(h.payload)},
+            )
             for n, h in enumerate(hits, 1)
-        ]
+        ],
+        next_offset=offset + k if more else None,
     )
 
 
@@ -61,10 +78,7 @@ def _json_field(name: str) -> Any:
     raw = request.form.get(name)
     if raw is None or raw == "":
         return {}
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise field_error(name, f"not valid JSON ({e.msg})") from e
+    value = parse_json(raw, name)
     if not isinstance(value, dict):
         raise field_error(name, "must be a JSON object")
     return value
@@ -78,11 +92,12 @@ def _json_field(name: str) -> Any:
         s.UploadReceipt,
         202,
         form={
-            "files": "image files (repeat the field)",
-            "metadata": "JSON object applied to every file",
-            "per_file": "JSON object: filename -> metadata for that file",
+            "files": FormField("image files (repeat the field)", "files", required=True),
+            "metadata": FormField("metadata applied to every file", "json"),
+            "per_file": FormField("filename -> metadata for that file", "json"),
         },
         errors=(401, 403, 413, 415, 422, 429),
+        max_body=None,  # files: the app-wide limit
     )
 )
 def upload() -> s.UploadReceipt:
@@ -93,6 +108,9 @@ def upload() -> s.UploadReceipt:
     if len(files) > limit:
         raise field_error("files", f"at most {limit} per request")
     shared, per_file = _json_field("metadata"), _json_field("per_file")
+    for name, meta in per_file.items():
+        if not isinstance(meta, dict):
+            raise field_error("per_file", f"the metadata of {name!r} must be a JSON object")
     items = [
         IngestItem(f.read(), f.filename, {**shared, **(per_file.get(f.filename or "") or {})})
         for f in files
@@ -113,7 +131,8 @@ def upload() -> s.UploadReceipt:
         s.JobRef,
         202,
         body=s.UrlsBody,
-        errors=(401, 403, 422, 429),
+        errors=(401, 403, 413, 415, 422, 429),
+        max_body=4 * 1024 * 1024,
     )
 )
 def ingest_urls(body: s.UrlsBody) -> s.JobRef:
@@ -172,14 +191,12 @@ def image_file(image_id: str) -> ResponseReturnValue:
         "A JPEG thumbnail (?size=64|128|256|512)",
         Scope.SEARCH,
         binary="image/jpeg",
-        errors=(401, 403, 404),
+        query=s.ThumbnailQuery,
+        errors=(401, 403, 404, 422),
     )
 )
-def image_thumbnail(image_id: str) -> ResponseReturnValue:
-    size = request.args.get("size", "256")
-    if not size.isdigit():
-        raise field_error("size", "must be an integer")
-    data = runtime().search.thumbnail(caller(), image_id, int(size))
+def image_thumbnail(image_id: str, query: s.ThumbnailQuery) -> ResponseReturnValue:
+    data = runtime().search.thumbnail(caller(), image_id, query.size)
     return Response(
         data, mimetype="image/jpeg", headers={"Cache-Control": "private, max-age=86400"}
     )
@@ -212,7 +229,8 @@ def image_delete(image_id: str) -> s.JobRef:
 )
 def search_text(query: s.SearchQuery) -> s.Hits:
     flt = _filters(query.where)
-    return _hits(runtime().search.text(caller(), query.q, query.k, flt, query.one_per))
+    hits = runtime().search.text(caller(), query.q, query.k, flt, query.one_per, query.offset)
+    return _hits(hits, query.k, query.offset, query.fields)
 
 
 @bp.post("/search/image")
@@ -222,9 +240,10 @@ def search_text(query: s.SearchQuery) -> s.Hits:
         Scope.SEARCH,
         s.Hits,
         query=s.SimilarQuery,
-        form={"file": "the query image"},
+        form={"file": FormField("the query image", "file", required=True)},
         errors=(401, 403, 413, 415, 422, 429),
         tag_filters=True,
+        max_body=None,  # files: the app-wide limit
     )
 )
 def search_image(query: s.SimilarQuery) -> s.Hits:
@@ -232,8 +251,10 @@ def search_image(query: s.SimilarQuery) -> s.Hits:
     if upload is None:
         raise field_error("file", "an image file is required")
     flt = _filters(query.where)
-    hits = runtime().search.by_image(caller(), upload.read(), query.k, flt, query.one_per)
-    return _hits(hits)
+    hits = runtime().search.by_image(
+        caller(), upload.read(), query.k, flt, query.one_per, query.offset
+    )
+    return _hits(hits, query.k, query.offset, query.fields)
 
 
 @bp.get("/images/<image_id>/similar")
@@ -249,7 +270,8 @@ def search_image(query: s.SimilarQuery) -> s.Hits:
 )
 def similar(image_id: str, query: s.SimilarQuery) -> s.Hits:
     flt = _filters(query.where)
-    return _hits(runtime().search.similar(caller(), image_id, query.k, flt, query.one_per))
+    hits = runtime().search.similar(caller(), image_id, query.k, flt, query.one_per, query.offset)
+    return _hits(hits, query.k, query.offset, query.fields)
 
 
 @bp.post("/recommend")
@@ -282,12 +304,13 @@ def _tag_response(result: TagResult) -> s.TagResponse:
         s.TagResponse,
         body=s.TagBody,
         form={
-            "file": "the image to tag (not stored)",
-            "candidate_labels": "optional: comma-separated labels or a JSON list",
-            "hypothesis_template": "optional: prompt per label, {} is the label",
-            "multi_label": "optional: true for independent per-label probabilities",
+            "file": FormField("the image to tag (not stored)", "file", required=True),
+            "candidate_labels": FormField("optional: comma-separated labels or a JSON list"),
+            "hypothesis_template": FormField("optional: prompt per label, {} is the label"),
+            "multi_label": FormField("optional: true for independent per-label probabilities"),
         },
         errors=(401, 403, 404, 409, 413, 415, 422, 429, 502),
+        max_body=None,  # files: the app-wide limit
     )
 )
 def tag(body: s.TagBody | None) -> s.TagResponse:
@@ -310,12 +333,9 @@ def _tag_form_options() -> s.TagOptions:
     raw: dict[str, Any] = {}
     labels = request.form.get("candidate_labels", "").strip()
     if labels:
-        try:
-            raw["candidate_labels"] = (
-                json.loads(labels) if labels.startswith("[") else labels.split(",")
-            )
-        except json.JSONDecodeError as e:
-            raise field_error("candidate_labels", f"not a valid JSON list ({e.msg})") from e
+        raw["candidate_labels"] = (
+            parse_json(labels, "candidate_labels") if labels.startswith("[") else labels.split(",")
+        )
     if request.form.get("hypothesis_template"):
         raw["hypothesis_template"] = request.form["hypothesis_template"]
     if request.form.get("multi_label"):
@@ -333,6 +353,7 @@ def _tag_form_options() -> s.TagOptions:
         Scope.SEARCH,
         s.TaxonomyInfo,
         query=s.FormatQuery,
+        also_returns=(("application/yaml", Taxonomy),),
         errors=(401, 403, 404),
     )
 )
@@ -354,7 +375,8 @@ def taxonomy_get(query: s.FormatQuery) -> s.TaxonomyInfo | Response:
         query=s.RetagQuery,
         body=Taxonomy,
         yaml_body=True,
-        errors=(401, 403, 422),
+        errors=(401, 403, 413, 415, 422),
+        max_body=256 * 1024,
     )
 )
 def taxonomy_put(query: s.RetagQuery, body: Taxonomy) -> s.TaxonomyReplaced:

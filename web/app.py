@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from flask import Flask, Response, request
+from flask import Flask, Response, has_request_context, request, session
+from flask.sessions import SecureCookieSessionInterface
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFProtect
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from services.errors import ConfigError
 from services.jobs.kinds import QUEUES
 from services.runtime import Runtime, build_runtime
 from services.settings import Settings, load_settings
 from web import admin, api, health, moderation_api
+from web.endpoint import verified_key
 from web.errors import register_error_handlers
 from web.extension import METRICS, RUNTIME
 from web.metrics import Metrics
@@ -32,10 +34,13 @@ CSP = (
 
 
 def _rate_key() -> str:
-    """Limits apply per API key; requests without one share their client address's bucket."""
-    header = request.headers.get("Authorization", "") or request.headers.get("X-API-Key", "")
-    if header:
-        return "key:" + hashlib.sha256(header.encode()).hexdigest()[:32]
+    """Limits apply per verified API key (however its header is written), per dashboard
+    user, and otherwise per client address."""
+    key = verified_key()
+    if key is not None:
+        return f"key:{key.id}"
+    if user := session.get("user"):
+        return f"user:{user}"
     return "addr:" + get_remote_address()
 
 
@@ -50,6 +55,16 @@ def _security_headers(response: Response) -> Response:
             "Strict-Transport-Security", "max-age=63072000; includeSubDomains"
         )
     return response
+
+
+class _SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, with the cookie marked ``Secure`` whenever the
+    request came over TLS (directly, or through a trusted proxy that says so)."""
+
+    def get_cookie_secure(self, app: Flask) -> bool:
+        return bool(app.config["SESSION_COOKIE_SECURE"]) or (
+            has_request_context() and request.is_secure
+        )
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> Flask:
@@ -69,6 +84,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     runtime.open()
 
     app = Flask("sightline")
+    app.session_interface = _SessionInterface()
+    if hops := settings.web.trusted_proxies:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops
+        )
     app.config.update(
         SECRET_KEY=secret or secrets.token_hex(32),  # embedded demo: per-process key
         MAX_CONTENT_LENGTH=settings.web.max_request_bytes,

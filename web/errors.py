@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, has_request_context, jsonify, request
 from flask.typing import ResponseReturnValue
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
@@ -60,10 +60,10 @@ def field_error(field: str, message: str) -> ApiError:
     )
 
 
-def validation_error(err: ValidationError) -> ApiError:
-    """422 naming each offending field."""
+def validation_error(err: ValidationError, where: str = "body") -> ApiError:
+    """422 naming each offending field (``where`` for rules across fields)."""
     fields = [
-        {"field": ".".join(str(p) for p in d["loc"]) or "body", "message": d["msg"]}
+        {"field": ".".join(str(p) for p in d["loc"]) or where, "message": d["msg"]}
         for d in err.errors()
     ]
     summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
@@ -89,7 +89,8 @@ def register_error_handlers(app: Flask) -> None:
         code = (err.name or "error").lower().replace(" ", "_")
         message = err.description or err.name or "error"
         if err.code == 413:
-            message = f"request body too large (limit {app.config['MAX_CONTENT_LENGTH']} bytes)"
+            limit = request.max_content_length if has_request_context() else None
+            message = f"request body too large (limit {limit or 'exceeded'} bytes)"
         response = error_response(err.code or 500, code, message)
         return response
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
+from services.errors import Unavailable
 from web.errors import ApiError
 from web.extension import metrics as app_metrics
 from web.extension import runtime
@@ -40,4 +41,8 @@ def metrics() -> ResponseReturnValue:
 @bp.get("/api/v1/openapi.json")
 def openapi() -> ResponseReturnValue:
     """The OpenAPI 3.1 document of /api/v1."""
-    return jsonify(build_openapi(current_app, version="1.0"))
+    try:
+        dimensions = runtime().tagging.dimension_names()
+    except Unavailable:  # the document still describes everything else
+        dimensions = []
+    return jsonify(build_openapi(current_app, version="1.0", dimensions=dimensions))

@@ -9,7 +9,7 @@ from services.auth.principal import Scope
 from services.moderation.flagged import FlaggedEntry
 from services.moderation.review import Decision
 from web import schemas as s
-from web.endpoint import Operation, caller, endpoint
+from web.endpoint import FormField, Operation, caller, endpoint
 from web.errors import field_error, validation_error
 from web.extension import runtime
 
@@ -29,13 +29,14 @@ def _entry(entry: FlaggedEntry) -> s.FlaggedEntryOut:
         201,
         body=s.FlagBody,
         form={
-            "file": "the image to flag",
-            "category": "category of the entry",
-            "threshold": "optional: cosine that quarantines",
-            "note": "optional: why",
-            "scan": "optional: false to skip the retroactive scan",
+            "file": FormField("the image to flag", "file", required=True),
+            "category": FormField("category of the entry", required=True),
+            "threshold": FormField("optional: cosine that quarantines, -1 to 1"),
+            "note": FormField("optional: why"),
+            "scan": FormField("optional: false to skip the retroactive scan"),
         },
         errors=(401, 403, 404, 413, 415, 422, 502),
+        max_body=None,  # files: the app-wide limit
     )
 )
 def flag_add(body: s.FlagBody | None) -> s.FlagCreated:
@@ -122,8 +123,9 @@ def flag_scan() -> s.JobRef:
         Scope.INGEST,
         s.VerdictOut,
         body=s.ModerateBody,
-        form={"file": "the image to check"},
+        form={"file": FormField("the image to check", "file", required=True)},
         errors=(401, 403, 404, 413, 415, 422, 502),
+        max_body=None,  # files: the app-wide limit
     )
 )
 def moderate(body: s.ModerateBody | None) -> s.VerdictOut:

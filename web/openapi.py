@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from flask import Flask
@@ -40,8 +41,53 @@ def _query_params(model: type[BaseModel]) -> list[dict[str, Any]]:
     return params
 
 
-def build_openapi(app: Flask, version: str) -> dict[str, Any]:
-    """Describe every view that carries an ``Operation``."""
+_FORM_KINDS: dict[str, dict[str, Any]] = {
+    "text": {"type": "string"},
+    "json": {"type": "object"},
+    "file": {"type": "string", "format": "binary"},
+    "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+}
+
+
+def _multipart(op: Operation) -> dict[str, Any]:
+    """The multipart body of an operation: its fields, which are required, and the JSON
+    ones encoded as application/json parts."""
+    props = {
+        name: {**_FORM_KINDS[f.kind], "description": f.description} for name, f in op.form.items()
+    }
+    body: dict[str, Any] = {
+        "schema": {
+            "type": "object",
+            "properties": props,
+            "required": [name for name, f in op.form.items() if f.required],
+        }
+    }
+    json_parts = {
+        name: {"contentType": "application/json"} for name, f in op.form.items() if f.kind == "json"
+    }
+    if json_parts:
+        body["encoding"] = json_parts
+    return body
+
+
+def _errors(op: Operation, path: str) -> set[int]:
+    """Every status an operation can answer with besides success: what it declares, plus
+    what the shared machinery adds (auth, validation, body limits, rate limits)."""
+    errors = set(op.errors) | {429}
+    if op.scope is not None:
+        errors |= {401, 403}
+    if op.query is not None or op.body is not None or op.form or "{" in path:
+        errors.add(422)
+    if op.body is not None or op.form:
+        errors |= {413, 415}
+    if "{" in path:
+        errors.add(404)
+    return errors
+
+
+def build_openapi(app: Flask, version: str, dimensions: Sequence[str] = ()) -> dict[str, Any]:
+    """Describe every view that carries an ``Operation``; search routes take the current
+    taxonomy's ``dimensions`` as filter parameters."""
     components: dict[str, Any] = {}
     error_ref = _schema(ErrorResponse, components)
     paths: dict[str, dict[str, Any]] = {}
@@ -68,38 +114,27 @@ def build_openapi(app: Flask, version: str) -> dict[str, Any]:
                 if op.yaml_body:
                     content["application/yaml"] = {"schema": _schema(op.body, components)}
             if op.form:
-                props = {
-                    name: (
-                        {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "description": d,
-                        }
-                        if name == "files"
-                        else {"type": "string", "format": "binary", "description": d}
-                        if name == "file"
-                        else {"type": "string", "description": d}
-                    )
-                    for name, d in op.form.items()
-                }
-                content["multipart/form-data"] = {"schema": {"type": "object", "properties": props}}
+                content["multipart/form-data"] = _multipart(op)
             if content:
                 entry["requestBody"] = {"required": True, "content": content}
             if op.tag_filters:
-                entry["parameters"].append(
+                entry["parameters"] += [
                     {
-                        "name": "filters",
+                        "name": name,
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "schema": {"type": "array", "items": {"type": "string", "minLength": 1}},
                         "style": "form",
                         "explode": True,
-                        "description": "Taxonomy dimensions as filters on assigned tags, "
-                        "e.g. colour=red or colour=red|blue.",
+                        "description": f"Taxonomy dimension {name!r}: images tagged with any "
+                        "of the given labels (repeat, or a|b).",
                     }
-                )
+                    for name in dimensions
+                ]
             if op.response is not None:
                 content = {"application/json": {"schema": _schema(op.response, components)}}
+                for media, model in op.also_returns:
+                    content[media] = {"schema": _schema(model, components)}
             else:
                 content = {
                     op.binary or "application/octet-stream": {
@@ -107,7 +142,7 @@ def build_openapi(app: Flask, version: str) -> dict[str, Any]:
                     }
                 }
             entry["responses"][str(op.status)] = {"description": "success", "content": content}
-            for status in op.errors:
+            for status in sorted(_errors(op, path)):
                 entry["responses"][str(status)] = {
                     "description": "error",
                     "content": {"application/json": {"schema": error_ref}},

@@ -2,52 +2,149 @@
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from services.filters import MAX_EXPRESSION_CHARS, MAX_EXPRESSIONS
+from services.search.service import MAX_K
+
+
+def _valid_text(value: str) -> str:
+    """Text the model and the stores can take: valid Unicode, no control characters."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError("not valid Unicode (an unpaired surrogate)") from e
+    if any(ord(c) < 32 and c not in "\t\n\r" for c in value):
+        raise ValueError("control characters are not allowed")
+    return value
+
+
+def _cursor(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            uuid.UUID(value)
+        except ValueError as e:
+            raise ValueError("not a cursor this API returned (next_offset)") from e
+    return value
+
+
+# No control characters but tab, newline and carriage return (also checked in _valid_text,
+# which adds what a pattern cannot say: no unpaired surrogates).
+TEXT_PATTERN = "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]*$"
+# The filter syntax, for the document and for generated clients; services.filters decides.
+FILTER_PATTERN = (
+    r"^ *[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z_][A-Za-z0-9_-]*)* *(<=|>=|!=|=|<|>) *"
+    r"[^\x00-\x20\x7f][^\x00-\x1f\x7f]*$"
+)
+URL_PATTERN = r"^https?://[^\x00-\x20\x7f]+$"
+UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+
+def _exactly_one(*names: str) -> dict[str, Any]:
+    """JSON Schema for "exactly one of these fields" (what the model validator enforces)."""
+    return {
+        "oneOf": [
+            {
+                "required": [n],
+                "properties": {
+                    n: {"type": "string"},
+                    **{o: {"type": "null"} for o in names if o != n},
+                },
+            }
+            for n in names
+        ]
+    }
+
+
+Text = Annotated[str, Field(pattern=TEXT_PATTERN), AfterValidator(_valid_text)]
+Expression = Annotated[
+    str, Field(max_length=MAX_EXPRESSION_CHARS, pattern=FILTER_PATTERN), AfterValidator(_valid_text)
+]
+Where = Annotated[
+    list[Expression],
+    Field(
+        default_factory=list,
+        max_length=MAX_EXPRESSIONS,
+        description="Filters, repeatable: key=value, key=a|b, key!=v, key<=n, key>=n, key<n, key>n.",
+    ),
+]
+ImageRef = Annotated[str, Field(min_length=1, max_length=64)]
+Label = Annotated[Text, Field(min_length=1, max_length=100)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SearchQuery(_Strict):
     """Query string of text search."""
 
-    q: str = Field(min_length=1, max_length=1000, description="What to look for, in words.")
-    k: int = Field(default=10, ge=1, le=1000, description="Number of results.")
-    where: list[str] = Field(
-        default_factory=list,
-        description="Filters, repeatable: key=value, key=a|b, key!=v, key<=n, key>=n, key<n, key>n.",
+    q: Text = Field(min_length=1, max_length=1000, description="What to look for, in words.")
+    k: int = Field(default=10, ge=1, le=MAX_K, description="Number of results.")
+    offset: int = Field(
+        default=0, ge=0, le=MAX_K - 1, description="Skip this many results (paging)."
     )
+    where: Where
     one_per: str | None = Field(
         default=None, max_length=64, description="At most one hit per value of this payload field."
     )
+    fields: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="Comma-separated payload fields to return (default: all you may see).",
+    )
+
+    @model_validator(mode="after")
+    def _window(self) -> SearchQuery:
+        if self.offset + self.k > MAX_K:
+            raise ValueError(f"offset + k must be at most {MAX_K}")
+        if not self.q.strip():
+            raise ValueError("q is blank")
+        return self
 
 
 class SimilarQuery(_Strict):
     """Query string of similar-image and search-by-image requests."""
 
-    k: int = Field(default=10, ge=1, le=1000)
-    where: list[str] = Field(default_factory=list)
+    k: int = Field(default=10, ge=1, le=MAX_K)
+    offset: int = Field(default=0, ge=0, le=MAX_K - 1)
+    where: Where
     one_per: str | None = Field(default=None, max_length=64)
+    fields: str | None = Field(default=None, max_length=1000)
+
+    @model_validator(mode="after")
+    def _window(self) -> SimilarQuery:
+        if self.offset + self.k > MAX_K:
+            raise ValueError(f"offset + k must be at most {MAX_K}")
+        return self
+
+
+class ThumbnailQuery(_Strict):
+    """Which thumbnail size."""
+
+    size: int = Field(default=256, description="64, 128, 256 (made at ingest) or 512.")
 
 
 class RecommendBody(_Strict):
     """Positive and negative examples (image ids)."""
 
-    positive: list[str] = Field(min_length=1, max_length=64)
-    negative: list[str] = Field(default_factory=list, max_length=64)
-    k: int = Field(default=10, ge=1, le=1000)
-    where: list[str] = Field(default_factory=list)
+    positive: list[ImageRef] = Field(min_length=1, max_length=64)
+    negative: list[ImageRef] = Field(default_factory=list, max_length=64)
+    k: int = Field(default=10, ge=1, le=MAX_K)
+    where: Where
     one_per: str | None = Field(default=None, max_length=64)
 
 
 class UrlsBody(_Strict):
     """URLs to download and ingest."""
 
-    urls: list[str] = Field(min_length=1, max_length=10_000)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    urls: list[Annotated[Text, Field(max_length=4096, pattern=URL_PATTERN)]] = Field(
+        min_length=1, max_length=10_000
+    )
+    metadata: dict[str, Any] = Field(default_factory=dict, max_length=64)
 
 
 class Hit(BaseModel):
@@ -63,6 +160,9 @@ class Hits(BaseModel):
     """Ranked results."""
 
     results: list[Hit]
+    next_offset: int | None = Field(
+        default=None, description="offset of the next page, when there may be one."
+    )
 
 
 class Refused(BaseModel):
@@ -141,14 +241,14 @@ class ErrorResponse(BaseModel):
 class TagOptions(_Strict):
     """Ad-hoc labels instead of the stored taxonomy (Hugging Face zero-shot style)."""
 
-    candidate_labels: list[str] | None = Field(
+    candidate_labels: list[Label] | None = Field(
         default=None,
-        max_length=1000,
+        max_length=100,
         description="Labels to score instead of the stored taxonomy.",
     )
-    hypothesis_template: str = Field(
+    hypothesis_template: Text = Field(
         default="This is a photo of {}.",
-        max_length=500,
+        max_length=200,
         description="Prompt per candidate label; {} is replaced by the label.",
     )
     multi_label: bool = Field(
@@ -159,8 +259,10 @@ class TagOptions(_Strict):
 class TagBody(TagOptions):
     """Tag a stored image or an image at a URL (multipart uploads send ``file`` instead)."""
 
-    image_id: str | None = None
-    url: str | None = Field(default=None, max_length=4096)
+    model_config = ConfigDict(json_schema_extra=_exactly_one("image_id", "url"))
+
+    image_id: ImageRef | None = None
+    url: Annotated[Text, Field(pattern=URL_PATTERN)] | None = Field(default=None, max_length=4096)
 
     @model_validator(mode="after")
     def _one_source(self) -> TagBody:
@@ -222,24 +324,26 @@ class TaxonomyReplaced(BaseModel):
 class FlagOptions(_Strict):
     """Fields of a new flagged entry (multipart uploads send them as form fields)."""
 
-    category: str = Field(min_length=1, max_length=64, description="e.g. weapons, nudity.")
+    category: Text = Field(min_length=1, max_length=64, description="e.g. weapons, nudity.")
     threshold: float | None = Field(
         default=None,
         ge=-1.0,
         le=1.0,
         description="Cosine that quarantines; default per category/kind.",
     )
-    note: str = Field(default="", max_length=2000)
+    note: Text = Field(default="", max_length=2000)
     scan: bool = Field(default=True, description="Re-check the existing catalog against it.")
 
 
 class FlagBody(FlagOptions):
     """Flag a stored image, an image URL, or a text concept."""
 
-    image_id: str | None = None
-    url: str | None = Field(default=None, max_length=4096)
-    text: str | None = Field(
-        default=None, max_length=1000, description='e.g. "a photo of a weapon"'
+    model_config = ConfigDict(json_schema_extra=_exactly_one("image_id", "url", "text"))
+
+    image_id: ImageRef | None = None
+    url: Annotated[Text, Field(pattern=URL_PATTERN)] | None = Field(default=None, max_length=4096)
+    text: Text | None = Field(
+        default=None, min_length=1, max_length=300, description='e.g. "a photo of a weapon"'
     )
 
     @model_validator(mode="after")
@@ -253,9 +357,9 @@ class FlagBody(FlagOptions):
 class FlagPatch(_Strict):
     """Changes to a flagged entry."""
 
-    category: str | None = Field(default=None, min_length=1, max_length=64)
+    category: Text | None = Field(default=None, min_length=1, max_length=64)
     threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
-    note: str | None = Field(default=None, max_length=2000)
+    note: Text | None = Field(default=None, max_length=2000)
 
 
 class FlaggedEntryOut(BaseModel):
@@ -312,8 +416,10 @@ class VerdictOut(BaseModel):
 class ModerateBody(_Strict):
     """Check a stored image or an image URL (multipart uploads send ``file``)."""
 
-    image_id: str | None = None
-    url: str | None = Field(default=None, max_length=4096)
+    model_config = ConfigDict(json_schema_extra=_exactly_one("image_id", "url"))
+
+    image_id: ImageRef | None = None
+    url: Annotated[Text, Field(pattern=URL_PATTERN)] | None = Field(default=None, max_length=4096)
 
     @model_validator(mode="after")
     def _one_source(self) -> ModerateBody:
@@ -326,7 +432,9 @@ class QueueQuery(_Strict):
     """A page of the review queue."""
 
     limit: int = Field(default=50, ge=1, le=500)
-    offset: str | None = Field(default=None, max_length=64)
+    offset: Annotated[str | None, AfterValidator(_cursor)] = Field(
+        default=None, max_length=64, pattern=UUID_PATTERN, description="next_offset of a page."
+    )
 
 
 class QueueItem(BaseModel):
@@ -348,11 +456,11 @@ class ReviewQueue(BaseModel):
 class DecisionBody(_Strict):
     """Approve or reject one or many quarantined images."""
 
-    image_ids: list[str] = Field(min_length=1, max_length=500)
+    image_ids: list[ImageRef] = Field(min_length=1, max_length=500)
     action: str = Field(pattern="^(approve|reject)$")
-    reason: str | None = Field(default=None, max_length=2000)
+    reason: Text | None = Field(default=None, max_length=2000)
     add_to_flagged: bool = Field(default=False, description="reject: flag the image too.")
-    category: str | None = Field(default=None, max_length=64)
+    category: Text | None = Field(default=None, min_length=1, max_length=64)
 
 
 class DecisionOut(BaseModel):
@@ -375,7 +483,7 @@ class AuditQuery(_Strict):
     """Which audit events to read."""
 
     limit: int = Field(default=100, ge=1, le=1000)
-    target: str | None = Field(default=None, max_length=128)
+    target: Text | None = Field(default=None, max_length=128)
 
 
 class AuditEventOut(BaseModel):

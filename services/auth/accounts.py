@@ -10,11 +10,13 @@ from __future__ import annotations
 import abc
 import base64
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import json
 import os
 import re
+import secrets
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -24,8 +26,10 @@ from typing import Any
 from services.errors import InvalidAccount
 
 _N, _R, _P = 2**14, 8, 1
-_USERNAME = re.compile(r"^[A-Za-z0-9_.@-]{2,64}$")
+_USERNAME = re.compile(r"[A-Za-z0-9_.@-]{2,64}")
 MIN_PASSWORD = 10
+MAX_PASSWORD = 1024
+MAX_SESSIONS = 20
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,12 @@ def verify_password(password: str, stored: str) -> bool:
 
 
 class AccountStore(abc.ABC):
-    """Create and check dashboard accounts."""
+    """Create and check dashboard accounts, and the sessions each one has open.
+
+    A session is a random nonce kept in the account record and in the signed cookie; the
+    cookie is honoured only while its nonce is in the record, so logging out (or changing
+    the password) ends a session even if the cookie was copied.
+    """
 
     @abc.abstractmethod
     def _save(self, username: str, record: dict[str, Any]) -> None: ...
@@ -78,25 +87,78 @@ class AccountStore(abc.ABC):
         """Every account name."""
 
     def create(self, username: str, password: str) -> Account:
-        """Create or reset an account.
+        """Create or reset an account (a reset ends its sessions).
 
         Raises:
             InvalidAccount: a bad username or a short password.
         """
-        if not _USERNAME.match(username):
+        if not _USERNAME.fullmatch(username):
             raise InvalidAccount("usernames are 2-64 letters, digits, or . _ @ -")
-        if len(password) < MIN_PASSWORD:
-            raise InvalidAccount(f"passwords need at least {MIN_PASSWORD} characters")
+        _check_password(password)
         created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         self._save(username, {"hash": hash_password(password), "created_at": created})
         return Account(username, created)
 
     def authenticate(self, username: str, password: str) -> Account | None:
-        """The account if the password is right, else None (same cost either way)."""
+        """The account if the password is right, else None: one scrypt either way, so
+        the time taken does not tell whether the username exists."""
         record = self._load(username)
-        stored = record["hash"] if record else hash_password("timing-equaliser")
-        ok = verify_password(password, stored)
-        return Account(username, record["created_at"]) if ok and record else None
+        if record is None:
+            verify_password(password, self._dummy_hash)
+            return None
+        ok = verify_password(password, record["hash"])
+        return Account(username, record["created_at"]) if ok else None
+
+    @functools.cached_property
+    def _dummy_hash(self) -> str:
+        """A hash to check unknown usernames against (made once per store)."""
+        return hash_password(secrets.token_hex(16))
+
+    def open_session(self, username: str) -> str:
+        """A new session nonce for an authenticated user (the newest few are kept)."""
+        record = self._load(username)
+        if record is None:
+            raise InvalidAccount(f"no account {username!r}")
+        nonce = secrets.token_urlsafe(24)
+        record["sessions"] = [*record.get("sessions", []), nonce][-MAX_SESSIONS:]
+        self._save(username, record)
+        return nonce
+
+    def session_open(self, username: str, nonce: str) -> bool:
+        """Whether this session is still open."""
+        record = self._load(username)
+        return record is not None and any(
+            hmac.compare_digest(nonce, n) for n in record.get("sessions", [])
+        )
+
+    def close_session(self, username: str, nonce: str) -> None:
+        """End one session (logout)."""
+        record = self._load(username)
+        if record is not None:
+            record["sessions"] = [n for n in record.get("sessions", []) if n != nonce]
+            self._save(username, record)
+
+    def change_password(self, username: str, old: str, new: str) -> str:
+        """Set a new password and end every session; returns a session for the caller.
+
+        Raises:
+            InvalidAccount: the old password is wrong or the new one too short.
+        """
+        if self.authenticate(username, old) is None:
+            raise InvalidAccount("the current password is wrong")
+        _check_password(new)
+        record = self._load(username)
+        assert record is not None  # authenticated above
+        record.update(hash=hash_password(new), sessions=[])
+        self._save(username, record)
+        return self.open_session(username)
+
+
+def _check_password(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise InvalidAccount(f"passwords need at least {MIN_PASSWORD} characters")
+    if len(password) > MAX_PASSWORD:
+        raise InvalidAccount(f"passwords have at most {MAX_PASSWORD} characters")
 
 
 class SqliteAccountStore(AccountStore):

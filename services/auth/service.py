@@ -8,6 +8,7 @@ from services.audit import AuditLog
 from services.auth.accounts import Account, AccountStore
 from services.auth.apikeys import ApiKey, KeyStore
 from services.auth.principal import Principal, Scope
+from services.errors import Forbidden
 
 
 def user_principal(username: str) -> Principal:
@@ -27,10 +28,31 @@ class AccessService:
         """The key a token belongs to, or None (unknown, wrong secret or revoked)."""
         return self.keys.verify(token)
 
-    def login(self, username: str, password: str) -> Principal | None:
-        """The principal of a user whose password is right, else None (same cost)."""
+    def login(self, username: str, password: str) -> str | None:
+        """A new session for a user whose password is right, else None (same cost for
+        unknown users as for wrong passwords)."""
         account = self.accounts.authenticate(username, password)
-        return user_principal(account.username) if account is not None else None
+        return self.accounts.open_session(account.username) if account is not None else None
+
+    def session(self, username: str, nonce: str) -> Principal | None:
+        """The principal of an open dashboard session, else None (logged out, or its
+        password changed since)."""
+        if not username or not nonce or not self.accounts.session_open(username, nonce):
+            return None
+        return user_principal(username)
+
+    def logout(self, username: str, nonce: str) -> None:
+        """End one dashboard session."""
+        self.accounts.close_session(username, nonce)
+
+    def change_password(self, caller: Principal, username: str, old: str, new: str) -> str:
+        """A user changes their own password: every session of theirs ends, and the one
+        returned replaces the caller's."""
+        if caller.name != f"user:{username}":
+            raise Forbidden("users change their own password")
+        nonce = self.accounts.change_password(username, old, new)
+        self.audit.record(caller.name, "account.password", f"user:{username}")
+        return nonce
 
     def create_key(
         self, caller: Principal, name: str, scopes: Iterable[Scope]

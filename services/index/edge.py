@@ -39,7 +39,7 @@ from services.index.base import (
 
 _META_FILE = "sightline.json"
 _ACTIVE_FILE = "active.json"  # the switch pointer (Qdrant aliases' role on a server)
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def _edge_filter(flt: PayloadFilter | None) -> qe.Filter | None:
@@ -87,7 +87,7 @@ class EdgeIndex(VectorIndex):
         self._lock = threading.RLock()
 
     def _dir(self, name: str) -> Path:
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise ConfigError(f"invalid collection name {name!r}")
         return self.root / name
 

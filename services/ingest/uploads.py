@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from services.audit import AuditLog
 from services.auth.principal import Principal, Scope
@@ -20,6 +19,7 @@ from services.errors import InvalidImage, InvalidInput, InvalidMetadata, NotFoun
 from services.ids import is_image_id, point_id
 from services.index.base import VectorIndex
 from services.ingest.events import FetchEvent, IngestEvent
+from services.ingest.fetch import check_url
 from services.ingest.intake import VALIDATION_SIDE, IngestItem, prepare, validate_metadata
 from services.jobs.kinds import Kind
 from services.jobs.service import JobService
@@ -136,9 +136,7 @@ class UploadService:
         if len(urls) > MAX_URLS_PER_JOB:
             raise InvalidMetadata(f"too many URLs ({len(urls)} > {MAX_URLS_PER_JOB})")
         for url in urls:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise InvalidMetadata(f"not an http(s) URL: {url!r}")
+            check_url(url)  # FetchRefused (invalid input) for anything but http(s)
         meta = validate_metadata(metadata or {})
         job_id = self.jobs.start(
             "urls",

@@ -16,8 +16,8 @@ import numpy as np
 
 from services.audit import AuditLog
 from services.auth.principal import Principal, Scope
-from services.errors import InvalidFlag, InvalidImage, NotFound
-from services.ids import is_image_id, point_id
+from services.errors import InvalidFlag, InvalidImage, InvalidInput, NotFound
+from services.ids import is_image_id, is_point_id, point_id
 from services.images import decode_image
 from services.index.base import PayloadFilter, Record, VectorIndex
 from services.jobs.store import SCAN_ITEM, JobStore, State
@@ -80,7 +80,9 @@ class ReviewService:
         self.audit = audit
 
     def queue(self, limit: int = 50, offset: str | None = None) -> tuple[list[Record], str | None]:
-        """Quarantined images, a page at a time."""
+        """Quarantined images, a page at a time (``offset``: the previous page's cursor)."""
+        if offset is not None and not is_point_id(offset):
+            raise InvalidInput("offset is not a cursor the review queue returned")
         flt = PayloadFilter(equals={"moderation_status": QUARANTINED})
         return self.index.scroll(self.collection, flt, limit=limit, offset=offset)
 

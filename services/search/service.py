@@ -54,9 +54,12 @@ class SearchService:
         self.thumbnails = thumbnails
 
     @staticmethod
-    def _check_k(k: int) -> None:
-        if not 1 <= k <= MAX_K:
-            raise InvalidQuery(f"k must be between 1 and {MAX_K}, got {k}")
+    def _check_k(k: int, offset: int = 0) -> int:
+        """How many to ask the index for: a page at ``offset`` is the tail of the first
+        ``offset + k`` hits (bounded, so deep paging cannot grow without limit)."""
+        if not 1 <= k <= MAX_K or offset < 0 or offset + k > MAX_K:
+            raise InvalidQuery(f"k and offset + k must be between 1 and {MAX_K}")
+        return offset + k
 
     def _hits(self, caller: Principal, hits: Sequence[Hit]) -> list[SearchHit]:
         return [
@@ -105,15 +108,17 @@ class SearchService:
         k: int = 10,
         flt: PayloadFilter | None = None,
         group_by: str | None = None,
+        offset: int = 0,
     ) -> list[SearchHit]:
         """Images best matching a text query."""
         caller.require(Scope.SEARCH)
-        self._check_k(k)
+        n = self._check_k(k, offset)
         if not query.strip():
             raise InvalidQuery("the query text is empty")
         vector = self.encoder.encode_texts([query])[0]
         flt = visible_filter(caller, flt)
-        return self._hits(caller, self.index.search(self.collection, vector, k, flt, group_by))
+        hits = self.index.search(self.collection, vector, n, flt, group_by)
+        return self._hits(caller, hits[offset:])
 
     def similar(
         self,
@@ -122,12 +127,14 @@ class SearchService:
         k: int = 10,
         flt: PayloadFilter | None = None,
         group_by: str | None = None,
+        offset: int = 0,
     ) -> list[SearchHit]:
         """Images most like a stored one, never including the image itself."""
-        self._check_k(k)
+        n = self._check_k(k, offset)
         pid, vector = self._vector_of(caller, ref)
         flt = visible_filter(caller, flt).excluding([pid])
-        return self._hits(caller, self.index.search(self.collection, vector, k, flt, group_by))
+        hits = self.index.search(self.collection, vector, n, flt, group_by)
+        return self._hits(caller, hits[offset:])
 
     def by_image(
         self,
@@ -136,6 +143,7 @@ class SearchService:
         k: int = 10,
         flt: PayloadFilter | None = None,
         group_by: str | None = None,
+        offset: int = 0,
     ) -> list[SearchHit]:
         """Images most like uploaded bytes; the same image, if indexed, is left out.
 
@@ -143,11 +151,12 @@ class SearchService:
             InvalidImage: the query image is refused like any upload.
         """
         caller.require(Scope.SEARCH)
-        self._check_k(k)
+        n = self._check_k(k, offset)
         decoded = decode_image(data, self.limits)
         vector = self.encoder.encode_images([decoded.image])[0]
         flt = visible_filter(caller, flt).excluding([point_id(decoded.image_id)])
-        return self._hits(caller, self.index.search(self.collection, vector, k, flt, group_by))
+        hits = self.index.search(self.collection, vector, n, flt, group_by)
+        return self._hits(caller, hits[offset:])
 
     def recommend(
         self,

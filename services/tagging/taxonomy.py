@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -19,6 +19,13 @@ from services.errors import InvalidTaxonomy
 
 DEFAULT_TEMPLATES = ["a photo of a {label}", "a product photo of a {label}"]
 _NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+# Every prompt is embedded when a taxonomy is loaded, so the document is bounded by what
+# it costs to embed, after templates are applied and YAML aliases expanded.
+MAX_PROMPTS = 4000
+MAX_PROMPT_CHARS = 300
+MAX_YAML_NODES = 50_000
+MAX_YAML_DEPTH = 32
+Prompt = Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
 
 
 class _Strict(BaseModel):
@@ -29,7 +36,7 @@ class Label(_Strict):
     """One label; without prompts of its own it uses its dimension's (or the default) templates."""
 
     name: str = Field(min_length=1, max_length=100)
-    prompts: list[str] = Field(default_factory=list, max_length=256)
+    prompts: list[Prompt] = Field(default_factory=list, max_length=64)
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
@@ -45,8 +52,8 @@ class Dimension(_Strict):
         description="Least probability for a label to be assigned (multi-label default 0.5; "
         "single-label default: the best label is always assigned).",
     )
-    templates: list[str] = Field(default_factory=list, max_length=64)
-    labels: list[Label] = Field(min_length=1, max_length=2000)
+    templates: list[Prompt] = Field(default_factory=list, max_length=16)
+    labels: list[Label] = Field(min_length=1, max_length=1000)
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -81,7 +88,9 @@ class OcrFusion(_Strict):
 class Taxonomy(_Strict):
     """Dimensions of labels, with the prompt templates used where a label has no prompts."""
 
-    templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES), min_length=1)
+    templates: list[Prompt] = Field(
+        default_factory=lambda: list(DEFAULT_TEMPLATES), min_length=1, max_length=16
+    )
     ocr: OcrFusion = Field(default_factory=OcrFusion)
     dimensions: list[Dimension] = Field(default_factory=list, max_length=64)
 
@@ -90,6 +99,9 @@ class Taxonomy(_Strict):
         names = [d.name for d in self.dimensions]
         if len(set(names)) != len(names):
             raise ValueError("dimension names must be unique")
+        total = sum(len(self.prompts(d, label)) for d in self.dimensions for label in d.labels)
+        if total > MAX_PROMPTS:
+            raise ValueError(f"the taxonomy expands to {total} prompts; the limit is {MAX_PROMPTS}")
         return self
 
     def dimension(self, name: str) -> Dimension:
@@ -135,14 +147,59 @@ def taxonomy_from_data(data: Any) -> Taxonomy:
         raise InvalidTaxonomy(f"invalid taxonomy: {_describe(e)}") from e
 
 
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` bounded in what it builds: aliases may not expand the document
+    beyond ``MAX_YAML_NODES`` nodes (a few kilobytes of anchors can otherwise name
+    millions), and nesting stops at ``MAX_YAML_DEPTH``.
+
+    Raises:
+        InvalidTaxonomy: not YAML, or over a limit.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_size(node)
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise InvalidTaxonomy(f"taxonomy is not valid YAML: {e}") from e
+    except RecursionError as e:
+        raise InvalidTaxonomy(f"taxonomy YAML is nested deeper than {MAX_YAML_DEPTH}") from e
+    finally:
+        loader.dispose()
+
+
+def _check_size(root: yaml.Node) -> None:
+    """Count the nodes the document expands to (aliases counted every time they are
+    used), memoised per node so the count itself is linear in the document."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node, depth: int) -> int:
+        if depth > MAX_YAML_DEPTH:
+            raise InvalidTaxonomy(f"taxonomy YAML is nested deeper than {MAX_YAML_DEPTH}")
+        if id(node) in sizes:
+            return sizes[id(node)]
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+        if total > MAX_YAML_NODES:
+            raise InvalidTaxonomy(
+                f"taxonomy YAML expands to more than {MAX_YAML_NODES} values (anchors and "
+                "aliases count every time they are used)"
+            )
+        sizes[id(node)] = total
+        return total
+
+    size(root, 0)
+
+
 def parse_taxonomy(text: str) -> Taxonomy:
     """Parse YAML (JSON is YAML too).
 
     Raises:
-        InvalidTaxonomy: not YAML, or not a valid taxonomy.
+        InvalidTaxonomy: not YAML, over a limit, or not a valid taxonomy.
     """
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise InvalidTaxonomy(f"taxonomy is not valid YAML: {e}") from e
-    return taxonomy_from_data(data)
+    return taxonomy_from_data(load_yaml(text))
