@@ -223,6 +223,7 @@ def job(
     data = {
         **runtime.jobs.get(caller(), job_id).as_dict(),
         "failed_items": runtime.jobs.failed_items(caller(), job_id),
+        "in_flight": runtime.jobs.in_flight(caller(), job_id),
         "retried": retried,
     }
     runtime.close()
@@ -230,6 +231,13 @@ def job(
         emit_json(data)
         return
     typer.echo(f"job {data['id']} ({data['kind']}): {data['state']}, {data['counts']}")
+    flight = data["in_flight"]
+    if flight["processing"]:
+        typer.echo(
+            f"  {flight['processing']} processing, the oldest for {flight['oldest_s']:.0f} s; "
+            f"if its worker died, the broker delivers it again after the visibility timeout "
+            f"({flight['visibility_timeout_s']} s): in about {flight['redelivered_in_s']:.0f} s"
+        )
     for item in data["failed_items"]:
         typer.echo(f"  failed  {item['item']}: {item['reason']}")
     if retry:
@@ -266,7 +274,8 @@ def delete(
 
 @app.command()
 def reconcile(as_json: JsonOpt = False) -> None:
-    """Re-queue stored images that have no point in the index (e.g. after a crash)."""
+    """Re-queue stored images that have no point in the index, and finish jobs whose
+    publishing broke off (e.g. after a crash or a broker outage)."""
     runtime = open_runtime()
     job_id, n = runtime.uploads.reconcile(caller())
     runtime.wait_idle(timeout_s=3600)
@@ -277,6 +286,49 @@ def reconcile(as_json: JsonOpt = False) -> None:
         typer.echo(
             f"{n} stored images had no point; queued as job {job_id}" if n else "index complete"
         )
+
+
+dead_app = typer.Typer(
+    help="Messages no worker could parse: list, replay (after a fix), drop.",
+    no_args_is_help=True,
+)
+app.add_typer(dead_app, name="dead-letters")
+
+
+@dead_app.command("list")
+def dead_list(
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100, as_json: JsonOpt = False
+) -> None:
+    """Dead letters, newest first, with why each was refused."""
+    runtime = open_runtime()
+    letters = [d.as_dict() for d in runtime.jobs.dead_letters(caller(), limit)]
+    runtime.close()
+    if as_json:
+        emit_json(letters)
+        return
+    for d in letters:
+        typer.echo(f"{d['id']}  {d['at']}  {d['kind']}: {d['reason']}")
+    if not letters:
+        typer.echo("no dead letters")
+
+
+@dead_app.command("replay")
+def dead_replay(letter_id: Annotated[str, typer.Argument(help="A dead letter's id.")]) -> None:
+    """Publish a dead letter's message again (after the cause was fixed)."""
+    runtime = open_runtime()
+    letter = runtime.jobs.replay_dead_letter(caller(), letter_id)
+    runtime.wait_idle(timeout_s=600)
+    runtime.close()
+    typer.echo(f"replayed {letter.id} ({letter.kind})")
+
+
+@dead_app.command("drop")
+def dead_drop(letter_id: Annotated[str, typer.Argument(help="A dead letter's id.")]) -> None:
+    """Remove a dead letter for good."""
+    runtime = open_runtime()
+    letter = runtime.jobs.drop_dead_letter(caller(), letter_id)
+    runtime.close()
+    typer.echo(f"dropped {letter.id}")
 
 
 app.add_typer(tagging.taxonomy_app, name="taxonomy")

@@ -12,16 +12,17 @@ every process, with a broker.
 from __future__ import annotations
 
 import abc
+import contextlib
 import datetime as dt
 import json
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.errors import BrokerUnavailable
+from services.errors import BrokerUnavailable, StorageUnavailable
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,15 @@ class AuditLog(abc.ABC):
         """The newest events (optionally about one target), newest first."""
 
 
+@contextlib.contextmanager
+def _sqlite_errors() -> Iterator[None]:
+    """A database that cannot be written (disk full, read-only) is a transient failure."""
+    try:
+        yield
+    except sqlite3.OperationalError as e:
+        raise StorageUnavailable(f"cannot write the audit log: {e}") from e
+
+
 class SqliteAuditLog(AuditLog):
     """A SQLite file beside the data."""
 
@@ -106,7 +116,7 @@ class SqliteAuditLog(AuditLog):
     ) -> AuditEvent:
         at = _now()
         body = _details(details)
-        with self._lock:
+        with self._lock, _sqlite_errors():
             cur = self._db.execute(self._INSERT, (at, actor, action, target, reason, body))
         return AuditEvent(str(cur.lastrowid), at, actor, action, target, reason, json.loads(body))
 
@@ -115,7 +125,7 @@ class SqliteAuditLog(AuditLog):
             return
         at = _now()
         rows = [(at, actor, action, t, r, _details(d)) for t, r, d in entries]
-        with self._lock:
+        with self._lock, _sqlite_errors():
             self._db.execute("BEGIN")
             try:
                 self._db.executemany(self._INSERT, rows)

@@ -189,9 +189,10 @@ class Runtime:
             dimensions = []
         self.tagging.index_dimensions(dimensions)
 
-    def execute(self, kind: Kind, payloads: Sequence[Payload]) -> None:
-        """Run one unit of work through the job-kind table (what a worker does)."""
-        execute(self, kind, payloads)
+    def execute(self, kind: Kind, payloads: Sequence[Payload]) -> set[int]:
+        """Run one unit of work through the job-kind table (what a worker does); returns
+        the positions of the payloads to deliver again."""
+        return execute(self, kind, payloads)
 
     def wait_idle(self, timeout_s: float = 60.0) -> bool:
         """Wait until in-process work queued so far is done (True); with a broker the work
@@ -208,6 +209,11 @@ class Runtime:
             checks["index"] = True
         except (SightlineError, OSError) as e:
             checks["index"] = f"unreachable: {e}"
+        try:
+            self.store.check_writable()
+            checks["storage"] = True
+        except SightlineError as e:
+            checks["storage"] = str(e)
         if not self.local:
             try:
                 self.dispatcher.check_broker()
@@ -254,7 +260,7 @@ def build_runtime(
     store = ImageStore(settings.images_path)
     thumbnails = ThumbnailStore(settings.data_dir / "thumbnails", store, limits)
     audit = build_audit_log(settings)
-    jobs = JobService(build_job_store(settings), dispatcher)
+    jobs = JobService(build_job_store(settings), dispatcher, settings.queue.visibility_timeout_s)
     labels = LabelBank(encoder, index, collections.labels, build_taxonomy_store(settings))
     tagger = Tagger(encoder, labels, RapidOcrReader(), limits)
     flagged_originals = ImageStore(settings.data_dir / "flagged")

@@ -31,12 +31,24 @@ INDEX_KINDS = ["embedded", "server"]
 # Callers for service calls: the local operator (admin) and a search-only key.
 ADMIN = operator("test")
 SEARCHER = Principal("key:searcher", frozenset({Scope.SEARCH}))
-pytest_plugins = ["tests.api_fixtures"]
+pytest_plugins = ["tests.api_fixtures", "tests.worker_fixtures"]
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip", seed=0)
+
+
+@pytest.fixture(scope="session")
+def slow_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Still tiny on disk, but slow enough (224px, 6 layers) to kill a worker mid-batch."""
+    return build_tiny_clip(
+        tmp_path_factory.mktemp("slow") / "slow-clip",
+        image_size=224,
+        patch_size=16,
+        vision_hidden=256,
+        vision_layers=6,
+    )
 
 
 @pytest.fixture(scope="session")

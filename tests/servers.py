@@ -36,9 +36,11 @@ def wait_for(
 
 
 class RedisServer:
-    """A throwaway redis-server bound to loopback, no persistence."""
+    """A throwaway redis-server bound to loopback; ``persistent`` keeps an append-only
+    file fsynced on every write, so a restart (an outage) loses nothing, as production's."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, persistent: bool = False) -> None:
+        self.persistent = persistent
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (scripts/test.sh installs it)")
@@ -66,7 +68,9 @@ class RedisServer:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persistent else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.workdir),
             ],
@@ -86,6 +90,12 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(timeout=10)
             self.proc = None
+
+    def blip(self, seconds: float) -> None:
+        """An outage: the server goes away for ``seconds`` and comes back on its port."""
+        self.stop()
+        time.sleep(seconds)
+        self.start()
 
 
 class WorkerProcess:

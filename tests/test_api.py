@@ -339,7 +339,8 @@ def test_health_ready_metrics(
 ) -> None:
     assert client.get("/healthz").json == {"status": "ok"}
     r = client.get("/readyz")
-    assert r.status_code == 200 and r.json["checks"] == {"model": True, "index": True}
+    assert r.status_code == 200
+    assert r.json["checks"] == {"model": True, "index": True, "storage": True}
     client.get("/api/v1/search?q=x", headers=auth(tokens["search"]))
     text = client.get("/metrics").get_data(as_text=True)
     assert (

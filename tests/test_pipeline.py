@@ -111,7 +111,7 @@ def test_url_job(runtime: Runtime, http_server: str) -> None:
     job_id = runtime.uploads.ingest_urls(ADMIN, urls, {"source": "feed"})
     _settle(runtime)
     job = runtime.jobs.store.get(job_id)
-    assert job.counts["done"] == 2 and job.counts["failed"] == 2 and job.state is State.DONE
+    assert job.counts["done"] == 2 and job.counts["failed"] == 2 and job.state is State.PARTIAL
     reasons = {f["item"]: f["reason"] for f in runtime.jobs.failed_items(ADMIN, job_id)}
     assert "not a recognised image" in reasons[f"{http_server}/text"]
     assert "169.254.169.254" in reasons[f"{http_server}/to-metadata"]
@@ -243,7 +243,7 @@ def test_job_store_contract(job_store: JobStore) -> None:
     job_store.set_item(job_id, "c", State.DONE)
     job = job_store.get(job_id)
     assert job.counts == {"queued": 0, "processing": 0, "done": 2, "failed": 1}
-    assert job.state is State.DONE
+    assert job.state is State.PARTIAL  # "done" only when every item is done
     (failed,) = job_store.items(job_id, State.FAILED)
     assert failed.key == "b" and failed.reason == "broken"
     assert {i.key: i.attempts for i in job_store.items(job_id)} == {"a": 0, "b": 0, "c": 2}
@@ -253,3 +253,34 @@ def test_job_store_contract(job_store: JobStore) -> None:
     assert job_store.get(all_failed).state is State.FAILED
     with pytest.raises(NotFound):
         job_store.get("nope")
+    all_done = job_store.create("upload", ["y"])
+    job_store.set_item(all_done, "y", State.DONE)
+    assert job_store.get(all_done).state is State.DONE
+
+
+def test_job_store_keeps_what_per_item_accounting_needs(job_store: JobStore) -> None:
+    events = {"a": {"job_id": "j", "item": "a", "image_id": "1"}}
+    job_id = job_store.create("upload", ["a", "b"], events=events, job_id="j")
+    assert job_id == "j" and not job_store.get(job_id).published
+    job_store.mark_published(job_id)
+    assert job_store.get(job_id).published
+    statuses = job_store.statuses(job_id, ["a", "b", "missing"])
+    assert set(statuses) == {"a", "b"} and statuses["a"].event == events["a"]
+    assert statuses["a"].since and statuses["a"].state is State.QUEUED
+    job_store.set_item(job_id, "a", State.PROCESSING)
+    assert job_store.statuses(job_id, ["a"])["a"].event == events["a"]  # kept
+    # Chunk markers: written before processing, cleared once the outcome is recorded.
+    job_store.begin(job_id, ["a", "b"], "2:w1")
+    assert job_store.markers(job_id, ["a", "b", "c"]) == {"a": "2:w1", "b": "2:w1"}
+    job_store.finish(job_id, ["a"])
+    assert job_store.markers(job_id, ["a", "b"]) == {"b": "2:w1"}
+    assert job_store.count_death(job_id, "b") == 1 and job_store.count_death(job_id, "b") == 2
+    # Dead letters: kept newest first until replayed or dropped.
+    first = job_store.add_dead_letter("ingest", {"job_id": "j", "oops": 1}, "malformed")
+    second = job_store.add_dead_letter("ingest", [1, 2], "not an object")
+    assert [d.id for d in job_store.dead_letters()] == [second, first]
+    taken = job_store.take_dead_letter(first)
+    assert taken.payload == {"job_id": "j", "oops": 1} and taken.reason == "malformed"
+    assert [d.id for d in job_store.dead_letters()] == [second]
+    with pytest.raises(NotFound):
+        job_store.take_dead_letter(first)

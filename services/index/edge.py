@@ -151,30 +151,34 @@ class EdgeIndex(VectorIndex):
                 shard.close()
             shutil.rmtree(self._dir(name), ignore_errors=True)
 
+    def _write(self, name: str, operation: Any) -> None:
+        """Apply an update and flush it; a failure of the engine's storage (disk full,
+        read-only) is transient, not a bug."""
+        with self._lock:
+            shard = self._open(name)
+            try:
+                shard.update(operation)
+                shard.flush()
+            except Exception as e:  # the binding raises plain Exception subclasses
+                raise IndexUnavailable(f"cannot write embedded collection {name!r}: {e}") from e
+
     def upsert(self, name: str, points: Sequence[PointData]) -> None:
         if not points:
             return
         edge_points = [qe.Point(uuid.UUID(p.id), _vec(p.vector), p.payload) for p in points]
-        with self._lock:
-            shard = self._open(name)
-            shard.update(qe.UpdateOperation.upsert_points(edge_points))
-            shard.flush()
+        self._write(name, qe.UpdateOperation.upsert_points(edge_points))
 
     def set_payload(self, name: str, ids: Sequence[str], payload: Mapping[str, Any]) -> None:
         if not ids:
             return
-        with self._lock:
-            shard = self._open(name)
-            shard.update(qe.UpdateOperation.set_payload([uuid.UUID(i) for i in ids], dict(payload)))
-            shard.flush()
+        self._write(
+            name, qe.UpdateOperation.set_payload([uuid.UUID(i) for i in ids], dict(payload))
+        )
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
         if not ids:
             return
-        with self._lock:
-            shard = self._open(name)
-            shard.update(qe.UpdateOperation.delete_points([uuid.UUID(i) for i in ids]))
-            shard.flush()
+        self._write(name, qe.UpdateOperation.delete_points([uuid.UUID(i) for i in ids]))
 
     def retrieve(self, name: str, ids: Sequence[str], with_vectors: bool = False) -> list[Record]:
         if not ids:

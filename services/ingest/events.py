@@ -1,13 +1,36 @@
 """Events that travel through the queue. They carry ids, never image bytes.
 
 The bytes are already in the content-addressed store when an event is published, so a
-redelivered event finds them again and its upsert lands on the same point.
+redelivered event finds them again and its upsert lands on the same point. Parsing is
+strict: a message of the wrong shape is refused as a whole (and dead-lettered by the
+worker) rather than half-understood.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
+
+from pydantic import TypeAdapter, ValidationError
+
+from services.errors import InvalidInput
+
+E = TypeVar("E")
+
+
+def _parse(cls: type[E], data: Any) -> E:
+    if not isinstance(data, dict):
+        raise InvalidInput(f"malformed {cls.__name__}: not an object")
+    unknown = set(data) - {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    if unknown:
+        raise InvalidInput(f"malformed {cls.__name__}: unknown keys {sorted(map(str, unknown))}")
+    try:
+        return TypeAdapter(cls).validate_python(data)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in d['loc']) or 'event'}: {d['msg']}" for d in e.errors()
+        )
+        raise InvalidInput(f"malformed {cls.__name__}: {problems}") from e
 
 
 @dataclass(frozen=True)
@@ -27,9 +50,13 @@ class IngestEvent:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> IngestEvent:
-        """Parse what ``to_dict`` produced."""
-        return cls(**data)
+    def from_dict(cls, data: Any) -> IngestEvent:
+        """Parse what ``to_dict`` produced.
+
+        Raises:
+            InvalidInput: anything else (missing or renamed keys, wrong types).
+        """
+        return _parse(cls, data)
 
 
 @dataclass(frozen=True)
@@ -46,6 +73,10 @@ class FetchEvent:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FetchEvent:
-        """Parse what ``to_dict`` produced."""
-        return cls(**data)
+    def from_dict(cls, data: Any) -> FetchEvent:
+        """Parse what ``to_dict`` produced.
+
+        Raises:
+            InvalidInput: anything else.
+        """
+        return _parse(cls, data)

@@ -88,6 +88,7 @@ class UploadService:
                 for i, it in accepted.items()
             ],
             keys=accepted,
+            item_key="item",
         )
         self.audit.record_many(
             caller.name,
@@ -119,6 +120,7 @@ class UploadService:
             Kind.INGEST,
             lambda job: [IngestEvent(job, i, i, None, meta).to_dict() for i in ids],
             keys=ids,
+            item_key="item",
         )
 
     def ingest_urls(
@@ -143,6 +145,7 @@ class UploadService:
             Kind.FETCH,
             lambda job: [FetchEvent(job, url, meta).to_dict() for url in urls],
             keys=urls,
+            item_key="url",
         )
         self.audit.record(caller.name, "image.upload_urls", job_id, None, {"urls": len(urls)})
         return job_id
@@ -254,8 +257,10 @@ class UploadService:
         return len(events)
 
     def reconcile(self, caller: Principal, batch: int = 256) -> tuple[str | None, int]:
-        """Find stored images with no point in the index and queue them again."""
+        """Find stored images with no point in the index and queue them again (jobs whose
+        publishing broke off are finished first, so their images are not queued twice)."""
         caller.require(Scope.ADMIN)
+        self.jobs.repair(caller)
         missing: list[str] = []
         ids = list(self.store.ids())
         for start in range(0, len(ids), batch):

@@ -20,6 +20,8 @@ from services.jobs.kinds import JOB_KINDS, Kind
 log = logging.getLogger(__name__)
 
 Payload = Mapping[str, Any]
+# In-process redelivery of messages whose outcome could not be recorded.
+REDELIVER_S = 1.0
 
 
 class Dispatcher(Protocol):
@@ -49,7 +51,7 @@ class Dispatcher(Protocol):
         """Release connections (and finish queued local work)."""
 
 
-Executor = Callable[[Kind, Sequence[Payload]], None]
+Executor = Callable[[Kind, Sequence[Payload]], set[int]]
 
 
 class LocalQueue:
@@ -148,9 +150,12 @@ class LocalWorker:
 
     def _guard(self, kind: Kind, batch: Sequence[Payload]) -> None:
         try:
-            self.execute(kind, batch)
+            again = self.execute(kind, batch)
         except Exception:  # the queue thread must survive anything one job does
             log.exception("in-process %s work failed", kind.value)
+            return
+        if again:  # outcomes that could not be recorded: deliver them again, later
+            self.queue.publish(kind, [batch[i] for i in sorted(again)], delay_s=REDELIVER_S)
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Stop after the messages already queued."""

@@ -3,8 +3,9 @@
 Celery tasks are generated from this table and the in-process worker reads it too, so a
 new kind of job is one row here, not six edits across publishers, tasks and dispatchers.
 A payload is a JSON-like dict (what travels through the broker); ``run`` gets a list of
-them (one, except for batched kinds) and ``fail`` marks what one payload carried as
-failed when ``run`` raised something unexpected, so no job waits forever.
+them (one, except for batched kinds) and may say which of them are settled (the others
+are delivered again); ``fail`` marks what one payload carried as failed when ``run``
+raised something unexpected, so no job waits forever.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from services.errors import Unavailable
 from services.jobs.store import JobStore, State
 
 if TYPE_CHECKING:
@@ -44,7 +46,7 @@ class JobSpec:
 
     kind: Kind
     queue: str
-    run: Callable[[Runtime, Sequence[Payload]], None]
+    run: Callable[[Runtime, Sequence[Payload]], set[int] | None]
     fail: Callable[[JobStore, Payload, str], None]
     batched: bool = False
 
@@ -56,13 +58,14 @@ class JobSpec:
 
 def _fail_item(key_field: str) -> Callable[[JobStore, Payload, str], None]:
     def fail(jobs: JobStore, payload: Payload, reason: str) -> None:
-        jobs.set_item(
-            payload["job_id"],
-            payload[key_field],
-            State.FAILED,
-            reason,
-            image_id=payload.get("image_id"),
-        )
+        if isinstance(payload, Mapping) and {"job_id", key_field} <= set(payload):
+            jobs.set_item(
+                payload["job_id"],
+                payload[key_field],
+                State.FAILED,
+                reason,
+                image_id=payload.get("image_id"),
+            )
 
     return fail
 
@@ -76,8 +79,8 @@ def _fail_job(jobs: JobStore, payload: Payload, reason: str) -> None:
     jobs.fail_job(payload["job_id"], reason)
 
 
-def _ingest(rt: Runtime, payloads: Sequence[Payload]) -> None:
-    rt.pipeline.ingest_payloads(payloads)
+def _ingest(rt: Runtime, payloads: Sequence[Payload]) -> set[int]:
+    return rt.pipeline.ingest_payloads(payloads)
 
 
 def _fetch(rt: Runtime, payloads: Sequence[Payload]) -> None:
@@ -124,15 +127,22 @@ JOB_KINDS: Mapping[Kind, JobSpec] = {
 }
 
 
-def execute(rt: Runtime, kind: Kind, payloads: Sequence[Payload]) -> None:
-    """Run one unit of work through the table. On an unexpected error, every payload's
-    items are failed with the reason (so no job hangs), then the error propagates for the
-    worker's log and its delivery semantics."""
+def execute(rt: Runtime, kind: Kind, payloads: Sequence[Payload]) -> set[int]:
+    """Run one unit of work through the table; returns the positions of the payloads that
+    must not be acknowledged (their outcome is not recorded: deliver them again).
+
+    A transient error (``Unavailable``) propagates as it is, for the worker to deliver the
+    work again; on any other error every payload's items are failed with the reason (so no
+    job hangs), then the error propagates for the worker's log.
+    """
     spec = JOB_KINDS[kind]
     try:
-        spec.run(rt, payloads)
+        settled = spec.run(rt, payloads)
+    except Unavailable:
+        raise  # transient: the work is delivered again, its items keep their state
     except Exception as e:
         reason = f"internal error: {type(e).__name__}: {e}"
         for payload in payloads:
             spec.fail(rt.jobs.store, payload, reason)
         raise
+    return set() if settled is None else set(range(len(payloads))) - settled

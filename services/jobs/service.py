@@ -1,24 +1,40 @@
-"""Starting jobs and reading their state: a job store and a dispatcher behind one door."""
+"""Starting jobs and reading their state: a job store and a dispatcher behind one door.
+
+A job is registered with its items (and each item's event) before any message is
+published, and marked published once every message is with the broker; ``repair``
+re-publishes the queued items of jobs that never were (the broker failed mid-way).
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from services.auth.principal import Principal, Scope
 from services.jobs.dispatch import Dispatcher
 from services.jobs.kinds import Kind
-from services.jobs.store import Job, JobStore, State
+from services.jobs.store import DeadLetter, Job, JobStore, State
 
 Payloads = Callable[[str], Sequence[Mapping[str, Any]]]
+# A job not marked published this long after its creation lost its publisher mid-way.
+UNPUBLISHED_GRACE_S = 60.0
+
+
+def _age_s(stamp: str | None, now: dt.datetime) -> float | None:
+    if not stamp:
+        return None
+    return (now - dt.datetime.fromisoformat(stamp)).total_seconds()
 
 
 class JobService:
     """Registers a job, then publishes its messages; answers what a job is doing."""
 
-    def __init__(self, store: JobStore, dispatcher: Dispatcher) -> None:
+    def __init__(self, store: JobStore, dispatcher: Dispatcher, visibility_timeout_s: int) -> None:
         self.store = store
         self.dispatcher = dispatcher
+        self.visibility_timeout_s = visibility_timeout_s
 
     def start(
         self,
@@ -27,10 +43,22 @@ class JobService:
         payloads: Payloads,
         keys: Iterable[str] = (),
         meta: Mapping[str, Any] | None = None,
+        item_key: str | None = None,
     ) -> str:
-        """Create a job (its items queued) and publish ``payloads(job_id)``; returns the id."""
-        job_id = self.store.create(label, keys, meta)
-        self.dispatcher.publish(kind, payloads(job_id))
+        """Create a job (its items queued, each keeping its payload when ``item_key``
+        names the field that identifies it), publish ``payloads(job_id)``, then mark the
+        job published; returns the id.
+
+        Raises:
+            BrokerUnavailable: publishing failed; ``repair`` finishes the job later.
+        """
+        job_id = uuid.uuid4().hex
+        messages = payloads(job_id)
+        events = {m[item_key]: m for m in messages} if item_key is not None else None
+        meta = {**(meta or {}), "publishes": kind.value}
+        self.store.create(label, keys, meta, events, job_id=job_id)
+        self.dispatcher.publish(kind, messages)
+        self.store.mark_published(job_id)
         return job_id
 
     def get(self, caller: Principal, job_id: str) -> Job:
@@ -58,7 +86,62 @@ class JobService:
             for i in self.store.items(job_id)
         ]
 
+    def in_flight(self, caller: Principal, job_id: str) -> dict[str, Any]:
+        """Items being processed now: how many, the oldest's age, and when a killed
+        worker's items come back (the broker's visibility timeout after delivery)."""
+        caller.require(Scope.INGEST)
+        now = dt.datetime.now(dt.UTC)
+        ages = [
+            age
+            for i in self.store.items(job_id, State.PROCESSING)
+            if (age := _age_s(i.since, now)) is not None
+        ]
+        if not ages:
+            return {"processing": 0}
+        oldest = max(ages)
+        return {
+            "processing": len(ages),
+            "oldest_s": round(oldest, 1),
+            "visibility_timeout_s": self.visibility_timeout_s,
+            "redelivered_in_s": round(max(0.0, self.visibility_timeout_s - oldest), 1),
+        }
+
     def recent(self, caller: Principal, limit: int = 20) -> list[Job]:
         """The newest jobs, newest first."""
         caller.require(Scope.ADMIN)
         return self.store.recent(limit)
+
+    def repair(self, caller: Principal, grace_s: float = UNPUBLISHED_GRACE_S) -> dict[str, int]:
+        """Re-publish the queued items of jobs whose publisher failed before finishing
+        (their events are kept with the items); returns jobs and items repaired."""
+        caller.require(Scope.ADMIN)
+        now = dt.datetime.now(dt.UTC)
+        jobs = items = 0
+        for job in self.store.recent(limit=10_000):
+            age = _age_s(job.created_at, now)
+            if job.published or age is None or age < grace_s:
+                continue
+            events = [i.event for i in self.store.items(job.id, State.QUEUED) if i.event]
+            if events:
+                self.dispatcher.publish(Kind(job.meta.get("publishes", Kind.INGEST)), events)
+                items += len(events)
+            self.store.mark_published(job.id)
+            jobs += 1
+        return {"jobs": jobs, "items": items}
+
+    def dead_letters(self, caller: Principal, limit: int = 100) -> list[DeadLetter]:
+        """Messages no worker could parse, newest first."""
+        caller.require(Scope.ADMIN)
+        return self.store.dead_letters(limit)
+
+    def replay_dead_letter(self, caller: Principal, letter_id: str) -> DeadLetter:
+        """Publish a dead letter's message again (after the cause was fixed)."""
+        caller.require(Scope.ADMIN)
+        letter = self.store.take_dead_letter(letter_id)
+        self.dispatcher.publish(Kind(letter.kind), [letter.payload])
+        return letter
+
+    def drop_dead_letter(self, caller: Principal, letter_id: str) -> DeadLetter:
+        """Remove a dead letter for good."""
+        caller.require(Scope.ADMIN)
+        return self.store.take_dead_letter(letter_id)

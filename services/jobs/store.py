@@ -1,40 +1,58 @@
 """Job tracking: every upload and bulk job has an id whose state any process can read.
 
 Items move queued -> processing -> done | failed. Counts come from per-state sets, so a
-redelivered item (at-least-once delivery) is counted once. Two stores share one contract:
-Redis for multi-process deployments, memory for the embedded single-process mode.
+redelivered item (at-least-once delivery) is counted once. A job is ``done`` only when
+every item is done, ``partial`` when some failed, ``failed`` when all did (or the job as a
+whole did).
+
+Beside states the store keeps what per-item accounting needs: each item's event (to
+retry or re-publish it), markers of the chunk an item is being processed in (so a
+redelivery can tell that its worker died, and in how large a group), how often an item
+was being processed alone when its worker died, and a dead-letter list of messages that
+could not even be parsed. Two stores share one contract: Redis for multi-process
+deployments, memory for the embedded single-process mode.
 """
 
 from __future__ import annotations
 
 import abc
 import datetime as dt
+import functools
 import json
 import threading
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
-from services.errors import NotFound
+import tenacity
+
+from services.errors import BrokerUnavailable, NotFound
 
 # An item that catalog-wide jobs (re-tag, moderation scan) are created with and finish
 # last, so a job cannot look done while its scan is still finding items.
 SCAN_ITEM = "catalog scan"
 
-
 RECENT_KEY = "sightline:jobs:recent"
 RECENT_KEPT = 200
+DEAD_LETTERS_KEY = "sightline:dead-letters"
+DEAD_LETTERS_KEPT = 10_000
+# A Redis blip shorter than this is ridden out inside the call that met it.
+RETRY_WINDOW_S = 3.0
 
 
 class State(StrEnum):
-    """Lifecycle of a job or of one of its items."""
+    """Lifecycle of a job or of one of its items (``partial``: jobs only)."""
 
     QUEUED = "queued"
     PROCESSING = "processing"
     DONE = "done"
     FAILED = "failed"
+    PARTIAL = "partial"
+
+
+ITEM_STATES = (State.QUEUED, State.PROCESSING, State.DONE, State.FAILED)
 
 
 @dataclass(frozen=True)
@@ -47,6 +65,7 @@ class ItemStatus:
     image_id: str | None = None
     attempts: int = 0
     event: dict[str, Any] | None = None
+    since: str | None = None  # when it entered its state
 
 
 @dataclass(frozen=True)
@@ -61,6 +80,7 @@ class Job:
     created_at: str
     reason: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    published: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form for the CLI and API."""
@@ -76,18 +96,41 @@ class Job:
         }
 
 
+@dataclass(frozen=True)
+class DeadLetter:
+    """A message no worker could parse, kept for an operator to inspect and replay."""
+
+    id: str
+    kind: str
+    payload: Any
+    reason: str
+    at: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form for the CLI."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "payload": self.payload,
+            "reason": self.reason,
+            "at": self.at,
+        }
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def derive_state(total: int, counts: Mapping[str, int], failure: str | None) -> State:
-    """A job is failed if it failed as a whole or every item failed; done when all settled."""
+    """``done`` only when every item is done; ``partial`` or ``failed`` once all settled."""
     if failure is not None:
         return State.FAILED
-    settled = counts.get("done", 0) + counts.get("failed", 0)
-    if total and settled >= total:
-        return State.FAILED if counts.get("done", 0) == 0 else State.DONE
-    if counts.get("processing", 0) or settled:
+    done, failed = counts.get("done", 0), counts.get("failed", 0)
+    if total and done + failed >= total:
+        if failed == 0:
+            return State.DONE
+        return State.FAILED if done == 0 else State.PARTIAL
+    if counts.get("processing", 0) or done or failed:
         return State.PROCESSING
     return State.QUEUED
 
@@ -97,9 +140,19 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def create(
-        self, kind: str, keys: Iterable[str] = (), meta: Mapping[str, Any] | None = None
+        self,
+        kind: str,
+        keys: Iterable[str] = (),
+        meta: Mapping[str, Any] | None = None,
+        events: Mapping[str, Mapping[str, Any]] | None = None,
+        job_id: str | None = None,
     ) -> str:
-        """Register a job with its items (all queued); returns the job id."""
+        """Register a job with its items (all queued, each with its event if given);
+        returns its id (``job_id`` if given, else a new one)."""
+
+    @abc.abstractmethod
+    def mark_published(self, job_id: str) -> None:
+        """Every message of the job was handed to the broker."""
 
     @abc.abstractmethod
     def add_items(self, job_id: str, keys: Iterable[str]) -> None:
@@ -122,6 +175,22 @@ class JobStore(abc.ABC):
         """Count one more delivery of an item; returns the count including this one."""
 
     @abc.abstractmethod
+    def begin(self, job_id: str, keys: Sequence[str], marker: str) -> None:
+        """Mark items as being processed now (in a chunk described by ``marker``)."""
+
+    @abc.abstractmethod
+    def finish(self, job_id: str, keys: Sequence[str]) -> None:
+        """Clear the processing markers of items whose outcome is recorded."""
+
+    @abc.abstractmethod
+    def markers(self, job_id: str, keys: Sequence[str]) -> dict[str, str]:
+        """The processing markers left on these items (by a worker that died)."""
+
+    @abc.abstractmethod
+    def count_death(self, job_id: str, key: str) -> int:
+        """One more time this item was alone in a worker that died; returns the count."""
+
+    @abc.abstractmethod
     def fail_job(self, job_id: str, reason: str) -> None:
         """Mark the whole job failed (e.g. its folder does not exist)."""
 
@@ -134,8 +203,24 @@ class JobStore(abc.ABC):
         """Items of a job, optionally only those in one state."""
 
     @abc.abstractmethod
+    def statuses(self, job_id: str, keys: Sequence[str]) -> dict[str, ItemStatus]:
+        """The statuses of some items of a job (missing keys are left out)."""
+
+    @abc.abstractmethod
     def recent(self, limit: int = 20) -> list[Job]:
         """The newest jobs still kept, newest first (for the status page)."""
+
+    @abc.abstractmethod
+    def add_dead_letter(self, kind: str, payload: Any, reason: str) -> str:
+        """Keep a message that could not be parsed; returns its id."""
+
+    @abc.abstractmethod
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Dead letters, newest first."""
+
+    @abc.abstractmethod
+    def take_dead_letter(self, letter_id: str) -> DeadLetter:
+        """Remove a dead letter and return it (to replay or drop it); NotFound if gone."""
 
 
 class MemoryJobStore(JobStore):
@@ -144,6 +229,7 @@ class MemoryJobStore(JobStore):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._jobs: dict[str, dict[str, Any]] = {}
+        self._dead: dict[str, DeadLetter] = {}
 
     def _job(self, job_id: str) -> dict[str, Any]:
         try:
@@ -152,20 +238,36 @@ class MemoryJobStore(JobStore):
             raise NotFound(f"no job {job_id!r}") from e
 
     def create(
-        self, kind: str, keys: Iterable[str] = (), meta: Mapping[str, Any] | None = None
+        self,
+        kind: str,
+        keys: Iterable[str] = (),
+        meta: Mapping[str, Any] | None = None,
+        events: Mapping[str, Mapping[str, Any]] | None = None,
+        job_id: str | None = None,
     ) -> str:
-        job_id = uuid.uuid4().hex
+        job_id = job_id or uuid.uuid4().hex
         with self._lock:
             self._jobs[job_id] = {
                 "kind": kind,
                 "created_at": _now(),
                 "meta": dict(meta or {}),
                 "failure": None,
+                "published": False,
                 "items": {},
                 "attempts": {},
+                "markers": {},
+                "deaths": {},
             }
         self.add_items(job_id, keys)
+        with self._lock:
+            items = self._job(job_id)["items"]
+            for key, event in (events or {}).items():
+                items[key] = replace(items[key], event=dict(event))
         return job_id
+
+    def mark_published(self, job_id: str) -> None:
+        with self._lock:
+            self._job(job_id)["published"] = True
 
     def recent(self, limit: int = 20) -> list[Job]:
         with self._lock:
@@ -173,10 +275,11 @@ class MemoryJobStore(JobStore):
         return [self.get(i) for i in reversed(ids)]
 
     def add_items(self, job_id: str, keys: Iterable[str]) -> None:
+        now = _now()
         with self._lock:
             items = self._job(job_id)["items"]
             for key in keys:
-                items.setdefault(key, ItemStatus(key, State.QUEUED))
+                items.setdefault(key, ItemStatus(key, State.QUEUED, since=now))
 
     def set_item(
         self,
@@ -191,7 +294,13 @@ class MemoryJobStore(JobStore):
             items = self._job(job_id)["items"]
             old = items.get(key, ItemStatus(key, State.QUEUED))
             items[key] = ItemStatus(
-                key, state, reason, image_id or old.image_id, old.attempts, event or old.event
+                key,
+                state,
+                reason,
+                image_id or old.image_id,
+                old.attempts,
+                event or old.event,
+                _now() if state is not old.state or old.since is None else old.since,
             )
 
     def attempt(self, job_id: str, key: str) -> int:
@@ -199,6 +308,27 @@ class MemoryJobStore(JobStore):
             attempts = self._job(job_id)["attempts"]
             attempts[key] = attempts.get(key, 0) + 1
             return int(attempts[key])
+
+    def begin(self, job_id: str, keys: Sequence[str], marker: str) -> None:
+        with self._lock:
+            self._job(job_id)["markers"].update(dict.fromkeys(keys, marker))
+
+    def finish(self, job_id: str, keys: Sequence[str]) -> None:
+        with self._lock:
+            markers = self._job(job_id)["markers"]
+            for key in keys:
+                markers.pop(key, None)
+
+    def markers(self, job_id: str, keys: Sequence[str]) -> dict[str, str]:
+        with self._lock:
+            markers = self._job(job_id)["markers"]
+            return {k: markers[k] for k in keys if k in markers}
+
+    def count_death(self, job_id: str, key: str) -> int:
+        with self._lock:
+            deaths = self._job(job_id)["deaths"]
+            deaths[key] = deaths.get(key, 0) + 1
+            return int(deaths[key])
 
     def fail_job(self, job_id: str, reason: str) -> None:
         with self._lock:
@@ -208,7 +338,7 @@ class MemoryJobStore(JobStore):
         with self._lock:
             job = self._job(job_id)
             items = list(job["items"].values())
-        counts = {s.value: sum(i.state is s for i in items) for s in State}
+        counts = {s.value: sum(i.state is s for i in items) for s in ITEM_STATES}
         return Job(
             id=job_id,
             kind=job["kind"],
@@ -218,6 +348,7 @@ class MemoryJobStore(JobStore):
             created_at=job["created_at"],
             reason=job["failure"],
             meta=job["meta"],
+            published=job["published"],
         )
 
     def items(self, job_id: str, state: State | None = None) -> list[ItemStatus]:
@@ -234,12 +365,60 @@ class MemoryJobStore(JobStore):
             key=lambda i: i.key,
         )
 
+    def statuses(self, job_id: str, keys: Sequence[str]) -> dict[str, ItemStatus]:
+        with self._lock:
+            items = self._job(job_id)["items"]
+            return {k: items[k] for k in keys if k in items}
+
+    def add_dead_letter(self, kind: str, payload: Any, reason: str) -> str:
+        letter = DeadLetter(uuid.uuid4().hex, kind, payload, reason, _now())
+        with self._lock:
+            self._dead[letter.id] = letter
+        return letter.id
+
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        with self._lock:
+            return list(reversed(self._dead.values()))[:limit]
+
+    def take_dead_letter(self, letter_id: str) -> DeadLetter:
+        with self._lock:
+            try:
+                return self._dead.pop(letter_id)
+            except KeyError as e:
+                raise NotFound(f"no dead letter {letter_id!r}") from e
+
+
+T = TypeVar("T")
+
+
+def _redis_call(method: Callable[..., T]) -> Callable[..., T]:
+    """Ride out a short Redis outage (reconnecting with backoff for up to
+    ``RETRY_WINDOW_S``), then report it as BrokerUnavailable: transient, not a bug."""
+    import redis
+
+    retrying = tenacity.retry(
+        retry=tenacity.retry_if_exception_type((redis.ConnectionError, redis.TimeoutError)),
+        stop=tenacity.stop_after_delay(RETRY_WINDOW_S),
+        wait=tenacity.wait_exponential(multiplier=0.05, max=0.5),
+        reraise=True,
+    )(method)
+
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> T:
+        try:
+            return retrying(*args, **kwargs)
+        except redis.RedisError as e:
+            raise BrokerUnavailable(f"the job store (Redis) is unavailable: {e}") from e
+
+    return call
+
 
 class RedisJobStore(JobStore):
     """Jobs in Redis, shared by web and worker processes on any machine.
 
     Keys (prefix ``sightline:job:<id>``): ``:meta`` hash, ``:items`` hash of item -> JSON
-    status, ``:<state>`` sets of item keys, ``:attempts`` hash. Jobs expire after ``ttl_s``.
+    status, ``:<state>`` sets of item keys, ``:attempts``, ``:markers`` and ``:deaths``
+    hashes. Jobs expire after ``ttl_s``.
     """
 
     def __init__(self, client: Any, ttl_s: int = 7 * 24 * 3600) -> None:
@@ -251,28 +430,49 @@ class RedisJobStore(JobStore):
         return f"sightline:job:{job_id}:{part}"
 
     def _touch(self, pipe: Any, job_id: str) -> None:
-        for part in ("meta", "items", "attempts", *(s.value for s in State)):
+        parts = ("meta", "items", "attempts", "markers", "deaths", *(s.value for s in ITEM_STATES))
+        for part in parts:
             pipe.expire(self._k(job_id, part), self.ttl_s)
 
+    @_redis_call
     def create(
-        self, kind: str, keys: Iterable[str] = (), meta: Mapping[str, Any] | None = None
+        self,
+        kind: str,
+        keys: Iterable[str] = (),
+        meta: Mapping[str, Any] | None = None,
+        events: Mapping[str, Mapping[str, Any]] | None = None,
+        job_id: str | None = None,
     ) -> str:
-        job_id = uuid.uuid4().hex
-        self.r.hset(
+        job_id = job_id or uuid.uuid4().hex
+        keys = list(keys)
+        now = _now()
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(
             self._k(job_id, "meta"),
-            mapping={"kind": kind, "created_at": _now(), "meta": json.dumps(dict(meta or {}))},
+            mapping={"kind": kind, "created_at": now, "meta": json.dumps(dict(meta or {}))},
         )
-        self.r.expire(self._k(job_id, "meta"), self.ttl_s)
-        self.r.lpush(RECENT_KEY, job_id)
-        self.r.ltrim(RECENT_KEY, 0, RECENT_KEPT - 1)
-        self.add_items(job_id, keys)
+        for key in keys:
+            status = {"state": State.QUEUED.value, "since": now}
+            if events and key in events:
+                status["event"] = dict(events[key])  # type: ignore[assignment]
+            pipe.hset(self._k(job_id, "items"), key, json.dumps(status))
+            pipe.sadd(self._k(job_id, State.QUEUED.value), key)
+        pipe.lpush(RECENT_KEY, job_id)
+        pipe.ltrim(RECENT_KEY, 0, RECENT_KEPT - 1)
+        self._touch(pipe, job_id)
+        pipe.execute()
         return job_id
 
+    @_redis_call
+    def mark_published(self, job_id: str) -> None:
+        self.r.hset(self._k(job_id, "meta"), "published", "1")
+
+    @_redis_call
     def recent(self, limit: int = 20) -> list[Job]:
         out = []
         for raw in self.r.lrange(RECENT_KEY, 0, RECENT_KEPT - 1):
             try:
-                out.append(self.get(raw.decode() if isinstance(raw, bytes) else raw))
+                out.append(self.get(_s(raw)))
             except NotFound:  # expired
                 continue
             if len(out) == limit:
@@ -283,17 +483,20 @@ class RedisJobStore(JobStore):
         if not self.r.exists(self._k(job_id, "meta")):
             raise NotFound(f"no job {job_id!r}")
 
+    @_redis_call
     def add_items(self, job_id: str, keys: Iterable[str]) -> None:
         keys = list(keys)
         if not keys:
             return
+        status = json.dumps({"state": State.QUEUED.value, "since": _now()})
         pipe = self.r.pipeline()
         for key in keys:
-            pipe.hsetnx(self._k(job_id, "items"), key, json.dumps({"state": State.QUEUED.value}))
+            pipe.hsetnx(self._k(job_id, "items"), key, status)
             pipe.sadd(self._k(job_id, State.QUEUED.value), key)
         self._touch(pipe, job_id)
         pipe.execute()
 
+    @_redis_call
     def set_item(
         self,
         job_id: str,
@@ -305,14 +508,16 @@ class RedisJobStore(JobStore):
     ) -> None:
         old = self.r.hget(self._k(job_id, "items"), key)
         prev = json.loads(old) if old else {}
+        same = prev.get("state") == state.value
         status = {
             "state": state.value,
             "reason": reason,
             "image_id": image_id or prev.get("image_id"),
             "event": event or prev.get("event"),
+            "since": prev.get("since") if same and prev.get("since") else _now(),
         }
         pipe = self.r.pipeline(transaction=True)
-        for s in State:
+        for s in ITEM_STATES:
             if s is not state:
                 pipe.srem(self._k(job_id, s.value), key)
         pipe.sadd(self._k(job_id, state.value), key)
@@ -320,23 +525,47 @@ class RedisJobStore(JobStore):
         self._touch(pipe, job_id)
         pipe.execute()
 
+    @_redis_call
     def attempt(self, job_id: str, key: str) -> int:
         return int(self.r.hincrby(self._k(job_id, "attempts"), key, 1))
 
+    @_redis_call
+    def begin(self, job_id: str, keys: Sequence[str], marker: str) -> None:
+        if keys:
+            self.r.hset(self._k(job_id, "markers"), mapping=dict.fromkeys(keys, marker))
+
+    @_redis_call
+    def finish(self, job_id: str, keys: Sequence[str]) -> None:
+        if keys:
+            self.r.hdel(self._k(job_id, "markers"), *keys)
+
+    @_redis_call
+    def markers(self, job_id: str, keys: Sequence[str]) -> dict[str, str]:
+        if not keys:
+            return {}
+        values = self.r.hmget(self._k(job_id, "markers"), list(keys))
+        return {k: _s(v) for k, v in zip(keys, values, strict=True) if v is not None}
+
+    @_redis_call
+    def count_death(self, job_id: str, key: str) -> int:
+        return int(self.r.hincrby(self._k(job_id, "deaths"), key, 1))
+
+    @_redis_call
     def fail_job(self, job_id: str, reason: str) -> None:
         self.r.hset(self._k(job_id, "meta"), "failure", reason)
 
+    @_redis_call
     def get(self, job_id: str) -> Job:
         pipe = self.r.pipeline()
         pipe.hgetall(self._k(job_id, "meta"))
         pipe.hlen(self._k(job_id, "items"))
-        for s in State:
+        for s in ITEM_STATES:
             pipe.scard(self._k(job_id, s.value))
         meta, total, *cards = pipe.execute()
         if not meta:
             raise NotFound(f"no job {job_id!r}")
         meta = {_s(k): _s(v) for k, v in meta.items()}
-        counts = {s.value: int(c) for s, c in zip(State, cards, strict=True)}
+        counts = {s.value: int(c) for s, c in zip(ITEM_STATES, cards, strict=True)}
         failure = meta.get("failure")
         return Job(
             id=job_id,
@@ -347,8 +576,10 @@ class RedisJobStore(JobStore):
             created_at=meta["created_at"],
             reason=failure,
             meta=json.loads(meta.get("meta", "{}")),
+            published=meta.get("published") == "1",
         )
 
+    @_redis_call
     def items(self, job_id: str, state: State | None = None) -> list[ItemStatus]:
         self._exists(job_id)
         raw = self.r.hgetall(self._k(job_id, "items"))
@@ -366,10 +597,57 @@ class RedisJobStore(JobStore):
                 image_id=status.get("image_id"),
                 attempts=deliveries.get(key, 0),
                 event=status.get("event"),
+                since=status.get("since"),
             )
             if state is None or item.state is state:
                 out.append(item)
         return sorted(out, key=lambda i: i.key)
+
+    @_redis_call
+    def statuses(self, job_id: str, keys: Sequence[str]) -> dict[str, ItemStatus]:
+        if not keys:
+            return {}
+        values = self.r.hmget(self._k(job_id, "items"), list(keys))
+        out = {}
+        for key, raw in zip(keys, values, strict=True):
+            if raw is not None:
+                status = json.loads(raw)
+                out[key] = ItemStatus(
+                    key,
+                    State(status["state"]),
+                    status.get("reason"),
+                    status.get("image_id"),
+                    event=status.get("event"),
+                    since=status.get("since"),
+                )
+        return out
+
+    @_redis_call
+    def add_dead_letter(self, kind: str, payload: Any, reason: str) -> str:
+        letter = DeadLetter(uuid.uuid4().hex, kind, payload, reason, _now())
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(DEAD_LETTERS_KEY, letter.id, json.dumps(letter.as_dict(), default=repr))
+        pipe.lpush(DEAD_LETTERS_KEY + ":order", letter.id)
+        pipe.ltrim(DEAD_LETTERS_KEY + ":order", 0, DEAD_LETTERS_KEPT - 1)
+        pipe.execute()
+        return letter.id
+
+    @_redis_call
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        ids = [_s(i) for i in self.r.lrange(DEAD_LETTERS_KEY + ":order", 0, limit - 1)]
+        raws = self.r.hmget(DEAD_LETTERS_KEY, ids) if ids else []
+        return [DeadLetter(**json.loads(raw)) for raw in raws if raw]
+
+    @_redis_call
+    def take_dead_letter(self, letter_id: str) -> DeadLetter:
+        raw = self.r.hget(DEAD_LETTERS_KEY, letter_id)
+        if raw is None:
+            raise NotFound(f"no dead letter {letter_id!r}")
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hdel(DEAD_LETTERS_KEY, letter_id)
+        pipe.lrem(DEAD_LETTERS_KEY + ":order", 0, letter_id)
+        pipe.execute()
+        return DeadLetter(**json.loads(raw))
 
 
 def _deliveries_per_item(counters: Mapping[str, int]) -> dict[str, int]:

@@ -20,7 +20,7 @@ async function poll(url, render) {
     if (!r.ok) { render(null, `error ${r.status}`); return; }
     const job = await r.json();
     render(job);
-    if (job.state === "done" || job.state === "failed") return job;
+    if (["done", "partial", "failed"].includes(job.state)) return job;
     await new Promise((ok) => setTimeout(ok, 500));
   }
 }
