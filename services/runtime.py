@@ -304,6 +304,7 @@ def build_runtime(
             thumbnails=thumbnails,
             flagged_originals=flagged_originals,
             audit=audit,
+            moderation=settings.moderation,
         ),
     )
     if isinstance(dispatcher, LocalQueue):

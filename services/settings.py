@@ -154,6 +154,18 @@ class ModerationSettings(BaseModel):
     layout_floor: float = Field(
         default=0.6, ge=0.0, le=1.0, description="Layout agreement a pHash match needs."
     )
+    keypoint_threshold: int = Field(
+        default=40,
+        ge=1,
+        le=400,
+        description="Agreeing keypoints that alone quarantine (entries whose copies verify).",
+    )
+    keypoint_floor: int = Field(
+        default=12,
+        ge=0,
+        le=400,
+        description="Agreeing keypoints a layout or pHash match of such an entry needs.",
+    )
     cache_s: float = Field(
         default=2.0, ge=0.0, description="How long a process reuses its copy of the flagged set."
     )

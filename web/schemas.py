@@ -373,6 +373,9 @@ class FlaggedEntryOut(BaseModel):
     note: str
     added_by: str
     added_at: str
+    verifiable: bool = Field(
+        default=False, description="Copies of this image verify by keypoints (image entries)."
+    )
 
 
 class FlagCreated(BaseModel):
@@ -397,11 +400,18 @@ class MatchOut(BaseModel):
     score: float = Field(description="Cosine similarity to the entry.")
     threshold: float
     phash_distance: int | None = Field(description="Bits differing from the closest hash.")
-    signal: str = Field(description="embedding, layout, phash or phash+embedding.")
+    signal: str = Field(
+        description="Which rule matched: embedding, keypoints, layout, phash or phash+embedding."
+    )
     layout: float | None = Field(
         default=None,
         description="Share of colour-grid cells agreeing with the best-aligned crop or mirror "
         "of the flagged image, where it was computed.",
+    )
+    keypoints: int | None = Field(
+        default=None,
+        description="Keypoints of the image that agree with the flagged image under one "
+        "rotation, scale and shift, where they were compared.",
     )
 
 

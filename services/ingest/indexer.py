@@ -19,6 +19,7 @@ from services.errors import InvalidImage, InvalidMetadata
 from services.ids import point_id
 from services.index.base import PointData, VectorIndex
 from services.ingest.intake import IngestItem, Prepared, prepare
+from services.moderation.content import PIXEL_SIDE
 from services.moderation.flagged import FlaggedSet, audit_quarantines
 from services.settings import ImageLimits
 from services.storage.files import ImageStore
@@ -82,9 +83,13 @@ class Indexer:
         self.audit = audit
 
     @property
-    def input_size(self) -> int | None:
-        """The side images are decoded at for the model."""
-        return self.encoder.input_size
+    def decode_side(self) -> int | None:
+        """The shorter side images are decoded at: the model's input size, or what the
+        pixel signals of moderation need when it is on."""
+        side = self.encoder.input_size
+        if self.moderator is not None and side is not None:
+            return max(side, PIXEL_SIDE)
+        return side
 
     def commit(self, prepared: Sequence[Prepared]) -> list[ItemResult]:
         """Index validated items: payload-only update for known images, embed the rest."""
@@ -193,7 +198,7 @@ class Ingestor:
         ready: dict[str, Prepared] = {}
         for item in items:
             try:
-                prepared = prepare(item, self.limits, self.indexer.input_size)
+                prepared = prepare(item, self.limits, self.indexer.decode_side)
             except (InvalidImage, InvalidMetadata) as e:
                 results.append(ItemResult(item.filename, Outcome.FAILED, reason=str(e)))
                 continue

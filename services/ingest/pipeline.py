@@ -43,7 +43,7 @@ from services.ingest.reembed import reembed
 from services.jobs.dispatch import Dispatcher
 from services.jobs.kinds import Kind
 from services.jobs.store import JobStore, State
-from services.settings import FetchSettings, ImageLimits, QueueSettings
+from services.settings import FetchSettings, ImageLimits, ModerationSettings, QueueSettings
 from services.storage.files import ImageStore
 from services.storage.thumbnails import ThumbnailStore
 
@@ -70,6 +70,7 @@ class Pipeline:
     thumbnails: ThumbnailStore | None = None
     flagged_originals: ImageStore | None = None
     audit: AuditLog | None = None
+    moderation: ModerationSettings = field(default_factory=ModerationSettings)
     # Who marks chunks: a marker from another incarnation means that worker died.
     incarnation: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     _unfinished: list[tuple[str, list[str]]] = field(default_factory=list)
@@ -89,7 +90,7 @@ class Pipeline:
         try:
             data = self.store.get(event.image_id)
             item = IngestItem(data, event.filename, event.metadata)
-            return prepare(item, self.limits, self.indexer.input_size)
+            return prepare(item, self.limits, self.indexer.decode_side)
         except NotFound:
             return f"image {event.image_id} is not in the image store"
         except (InvalidImage, InvalidMetadata) as e:
@@ -429,6 +430,7 @@ class Pipeline:
             job_id=job_id,
             switch=switch,
             flagged_store=self.flagged_originals,
+            keypoint_threshold=self.moderation.keypoint_threshold,
         )
         if switch and index.active_prefix() == prefix and self.audit is not None:
             details = {"model": model, "prefix": prefix, "job": job_id, "requested_by": by}

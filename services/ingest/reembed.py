@@ -14,7 +14,7 @@ from services.errors import InvalidImage, InvalidInput, NotFound
 from services.images import decode_image
 from services.index.base import PointData, VectorIndex
 from services.jobs.store import JobStore, State
-from services.moderation.layout import encode_layout, layout_thumbnail
+from services.moderation.flagged import entry_pixels
 from services.settings import ImageLimits
 from services.storage.files import ImageStore
 
@@ -33,6 +33,7 @@ def reembed(
     page: int = 64,
     on_progress: Callable[[int, int], None] | None = None,
     flagged_store: ImageStore | None = None,
+    keypoint_threshold: int = 40,
 ) -> int:
     """Copy every image of ``source_prefix`` into ``target_prefix`` with ``target``'s vectors.
 
@@ -79,7 +80,9 @@ def reembed(
             on_progress(done, total)
         if offset is None:
             break
-    _reembed_flagged(index, source_prefix, target_prefix, target, limits, flagged_store)
+    _reembed_flagged(
+        index, source_prefix, target_prefix, target, limits, flagged_store, keypoint_threshold
+    )
     failed = jobs.get(job_id).counts["failed"]
     if switch and not failed:
         index.set_active_prefix(target_prefix)
@@ -95,6 +98,7 @@ def _reembed_flagged(
     target: Encoder,
     limits: ImageLimits,
     originals: ImageStore | None,
+    keypoint_threshold: int,
 ) -> None:
     """Carry the flagged set over: text concepts from their text, images from their kept
     originals (an entry whose original is gone cannot be carried and is left out)."""
@@ -113,9 +117,8 @@ def _reembed_flagged(
                 except (NotFound, InvalidImage):
                     continue
                 vector = target.encode_images([image])[0]
-                # Entries flagged before layouts were kept gain one here.
-                if not payload.get("layout"):
-                    payload["layout"] = encode_layout(layout_thumbnail(image))
+                # Entries flagged before the current pixel signals gain them here.
+                payload.update(entry_pixels(image, keypoint_threshold))
             else:
                 continue
             points.append(PointData(r.id, vector, payload))

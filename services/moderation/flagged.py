@@ -1,29 +1,40 @@
-"""Content moderation by similarity to a flagged set, with a perceptual-hash backstop.
+"""Content moderation by similarity to a flagged set.
 
-Three signals decide whether an image resembles a flagged entry:
+Signals decide whether an image resembles a flagged entry:
 
 - **Embedding**: cosine between the image and the entry's vector (an image's embedding,
   or a text concept's, e.g. "a photo of a weapon"), against the entry's threshold, else
   its category's, else the default for its kind (images and texts live at different
-  cosine scales: CLIP's modality gap).
-- **pHash** (image entries only): Hamming distance between the image's 64-bit DCT
-  perceptual hash and the entry's. An entry stores the hashes of its image, its mirror
-  image and eight crops, so flipped and cropped copies land near one of them.
-- **Aligned colour layout** (image entries only, ``services.moderation.layout``): the share of a
-  grid of mean colours that agrees between the image and the best-aligned crop or mirror
-  of the entry's thumbnail. It is computed for the entries nearest by hash (distance at
-  most ``phash_weak``) and those whose colour histograms share the most with the
-  image's (at least ``colour_candidate``), at most ``layout_candidates`` of each.
+  cosine scales: CLIP's modality gap). It catches what means the same but looks
+  different.
+- **Pixels** (image entries), all taken of the content (``services.moderation.content``:
+  uniform borders, padding and captions beside the object trimmed, brightness and
+  contrast normalised):
+  - **keypoints** (``services.moderation.keypoints``): ORB features matched and checked
+    for one consistent rotation + scale + shift; the count of agreeing keypoints
+    (inliers). A copy keeps hundreds; two different objects or textures a handful.
+  - **aligned layout** (``services.moderation.layout``): the share of content cells of a
+    colour grid that agree with the best-aligned crop or mirror of the entry (or the
+    entry with a crop of the image); background cells carry no evidence and a layout
+    without structure cannot match.
+  - **pHash** of the content: Hamming distance to the entry's hashes (its content, mirror
+    and crops).
 
-An image is quarantined by an entry when the cosine reaches the threshold ("embedding");
-or the aligned layout agrees on at least ``layout_threshold`` of its cells ("layout": a
-copy, however cropped, captioned or mirrored); or the pHash distance is at most
-``phash_strong`` ("phash"), or at most ``phash_weak`` with the cosine borderline
-("phash+embedding"), where in both hash rules the layout, if it was computed, must agree
-on at least ``layout_floor``: a hash collision between two different photos of similar
-scenes is common, a collision whose colours also sit in the same places is not. The
-embedding catches what is semantically the same but pixel-different; hash and layout
-catch copies whose embedding moved.
+An image matches an entry when the cosine reaches the threshold ("embedding"); or, for an
+entry whose copies verify by keypoints (checked when it is added: ``verifiable``), when
+``keypoint_threshold`` keypoints agree ("keypoints"); or when the layout agrees on at
+least ``layout_threshold`` ("layout"), or the pHash distance is at most ``phash_strong``
+("phash") or at most ``phash_weak`` with a borderline cosine ("phash+embedding") — the
+hash rules only where the layout was compared and reaches ``layout_floor`` (or, in a
+scan whose original is gone, on the stored hash alone). For a verifiable entry the
+layout and hash rules also need ``keypoint_floor`` agreeing keypoints: a layout or hash
+coincidence between two different pictures is common, one their keypoints confirm is
+not. An image with too little content (a uniform colour, a texture) cannot match by
+layout or hash at all.
+
+Cost: the embedding is one matrix product; keypoint votes are one approximate
+nearest-neighbour pass (LSH); layouts are aligned, and keypoints verified, only for the
+few candidate entries, dearest last.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import cv2
 import imagehash
 import numpy as np
 from PIL import Image, ImageOps
@@ -48,13 +60,18 @@ from services.encoder import Encoder
 from services.errors import InvalidFlag, NotFound
 from services.images import decode_image
 from services.index.base import PointData, Record, VectorIndex
+from services.moderation.content import PIXEL_SIDE, Content, content
+from services.moderation.keypoints import Features, best_inliers, self_test
+from services.moderation.keypoints import features as keypoint_features
 from services.moderation.layout import (
     BINS,
+    Prepared,
     colour_histogram,
     decode_layout,
     encode_layout,
     layout_score,
     layout_thumbnail,
+    prepare,
 )
 from services.payload import CLEAR, QUARANTINED
 from services.settings import ImageLimits, ModerationSettings
@@ -62,6 +79,18 @@ from services.storage.files import ImageStore
 
 # Crops (fraction removed) stored per flagged image, at each corner and the centre.
 _CROPS = (0.08, 0.15)
+# Keypoint votes: a query keypoint votes for the entry of its nearest stored descriptor
+# when they differ in at most VOTE_DISTANCE bits; an entry needs MIN_VOTES to be compared.
+VOTE_DISTANCE = 40
+MIN_VOTES = 8
+VOTE_LSH: dict[str, bool | int | float | str] = {
+    "algorithm": 6,
+    "table_number": 6,
+    "key_size": 12,
+    "multi_probe_level": 1,
+}
+VOTE_CHECKS = 32
+VOTERS = 300  # about this many of a query's keypoints vote (a copy's win by dozens)
 
 
 class EntryKind(StrEnum):
@@ -80,10 +109,16 @@ def phash(image: Image.Image) -> int:
     return int(str(imagehash.phash(image.convert("RGB"))), 16)
 
 
-def hash_variants(image: Image.Image) -> list[int]:
-    """Hashes of an image, its mirror, and corner/centre crops of both."""
+def content_hash(image: Image.Image) -> int | None:
+    """pHash of an image's content (borders trimmed); None when it has no content."""
+    found = content(image)
+    return phash(found.image) if found is not None else None
+
+
+def hash_variants(found: Content) -> list[int]:
+    """Hashes of an image's content, its mirror, and corner/centre crops of both."""
     out: list[int] = []
-    for view in (image, ImageOps.mirror(image)):
+    for view in (found.image, ImageOps.mirror(found.image)):
         out.append(phash(view))
         w, h = view.size
         for f in _CROPS:
@@ -115,6 +150,9 @@ class FlaggedEntry:
     thumbnail: str = ""  # a small JPEG data URI of a flagged image, for reviewers
     original: str = ""  # sha256 of the flagged image in the flagged originals store
     layout: str = ""  # colour thumbnail for the aligned-layout check (services.moderation.layout)
+    keypoints: str = ""  # ORB features of the content (services.moderation.keypoints)
+    keypoints_mirror: str = ""  # and of its mirror image
+    verifiable: bool = False  # a degraded copy verified by keypoints when it was added
 
     def payload(self) -> dict[str, Any]:
         """What the ``flagged`` collection stores."""
@@ -139,12 +177,22 @@ class FlaggedEntry:
             thumbnail=str(p.get("thumbnail", "")),
             original=str(p.get("original", "")),
             layout=str(p.get("layout", "")),
+            keypoints=str(p.get("keypoints", "")),
+            keypoints_mirror=str(p.get("keypoints_mirror", "")),
+            verifiable=bool(p.get("verifiable", False)),
         )
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form for the API (hashes left out: they are internal)."""
         data = self.payload()
-        for internal in ("phashes", "thumbnail", "original", "layout"):
+        for internal in (
+            "phashes",
+            "thumbnail",
+            "original",
+            "layout",
+            "keypoints",
+            "keypoints_mirror",
+        ):
             data.pop(internal)
         return data
 
@@ -159,8 +207,9 @@ class Match:
     score: float
     threshold: float
     phash_distance: int | None
-    signal: str  # embedding | layout | phash | phash+embedding
+    signal: str  # embedding | keypoints | layout | phash | phash+embedding
     layout: float | None = None  # aligned-layout agreement, where it was computed
+    keypoints: int | None = None  # agreeing keypoints (inliers), where they were compared
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form, stored in the image payload and returned by the API."""
@@ -173,7 +222,7 @@ class Verdict:
 
     quarantined: bool
     matches: list[Match]
-    phash: int
+    phash: int | None  # of the image's content; None when it has none
 
     @property
     def category(self) -> str | None:
@@ -189,7 +238,7 @@ class Verdict:
                 "checked_at": _now(),
                 "approved_entries": [],
             },
-            "phash": f"{self.phash:016x}",
+            "phash": f"{self.phash:016x}" if self.phash is not None else None,
         }
 
     def as_dict(self, with_matches: bool = True) -> dict[str, Any]:
@@ -208,8 +257,85 @@ class _Snapshot:
     vectors: np.ndarray  # (entries, dim)
     hashes: list[np.ndarray]  # per entry, uint64 (empty for text entries)
     taken: float
-    layouts: list[np.ndarray | None] = field(default_factory=list)  # per entry, if any
+    layouts: list[Prepared | None] = field(default_factory=list)  # per entry, if any
     colours: np.ndarray | None = None  # (entries, bins) colour histograms, zero if no layout
+    # Per entry: keypoint features of its content and of its mirror, when verifiable.
+    features: list[tuple[Features | None, Features | None] | None] = field(default_factory=list)
+    # Every verifiable entry's descriptors in one LSH index, and which entry each belongs
+    # to: one approximate nearest-neighbour pass finds which entries a query's keypoints
+    # vote for, at a cost that grows slower than the set. OpenCV matchers are not
+    # thread-safe, hence the lock.
+    vote_index: Any = None
+    vote_owners: np.ndarray | None = None
+    vote_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class Pixels:
+    """What a query image's pixels say (of its content), computed once and only when a
+    signal needs it."""
+
+    phash: int | None = None
+    layout: np.ndarray | None = None
+    features: Features | None = None
+    colours: np.ndarray | None = None
+    _prepared: Prepared | None = field(default=None, repr=False, compare=False)
+
+    def prepared(self) -> Prepared | None:
+        """The layout made ready for alignment (once, for every entry it is aligned to)."""
+        if self._prepared is None and self.layout is not None:
+            self._prepared = prepare(self.layout)
+        return self._prepared
+
+    @classmethod
+    def of(cls, image: Image.Image) -> Pixels:
+        """Hash, layout and keypoints of a decoded image (all None: no content)."""
+        found = content(image)
+        if found is None:
+            return cls()
+        layout = layout_thumbnail(found)
+        return cls(phash(found.image), layout, keypoint_features(found), colour_histogram(layout))
+
+
+@dataclass(frozen=True)
+class _EntryPixels:
+    """An entry's pixel data, decoded from its payload for checks."""
+
+    hashes: np.ndarray  # uint64
+    layout: Prepared | None
+    colours: np.ndarray
+    features: tuple[Features | None, Features | None] | None  # when verifiable
+
+
+def _parts(entry: FlaggedEntry) -> _EntryPixels:
+    thumbnail = decode_layout(entry.layout)
+    return _EntryPixels(
+        np.array([int(h, 16) for h in entry.phashes], dtype=np.uint64),
+        prepare(thumbnail) if thumbnail is not None else None,
+        colour_histogram(thumbnail) if thumbnail is not None else np.zeros(BINS**3),
+        (Features.decode(entry.keypoints), Features.decode(entry.keypoints_mirror))
+        if entry.verifiable
+        else None,
+    )
+
+
+def _vote_index(
+    features: Sequence[tuple[Features | None, Features | None] | None],
+) -> tuple[Any, np.ndarray | None]:
+    """An LSH index over every verifiable entry's descriptors, and each one's entry."""
+    stacked = [
+        (f.descriptors, np.full(len(f), j))
+        for j, pair in enumerate(features)
+        if pair is not None
+        for f in pair
+        if f is not None
+    ]
+    if not stacked:
+        return None, None
+    index = cv2.FlannBasedMatcher(VOTE_LSH, {"checks": VOTE_CHECKS})
+    index.add([np.concatenate([d for d, _ in stacked])])
+    index.train()
+    return index, np.concatenate([o for _, o in stacked])
 
 
 class FlaggedSet:
@@ -232,6 +358,9 @@ class FlaggedSet:
         self.limits = limits
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
+        self._parts: dict[str, _EntryPixels] = {}
+        self._votes: tuple[Any, Any, np.ndarray | None] | None = None
+        self._vote_lock = threading.Lock()  # the vote index is shared by snapshots
 
     # -- the set --------------------------------------------------------------------------
 
@@ -259,6 +388,7 @@ class FlaggedSet:
         # Kept apart from the catalog's originals (never ingested, never reconciled), so a
         # re-embed with another model can embed the entry again.
         original = self.originals.put(data) if self.originals is not None else ""
+        pixels = entry_pixels(decoded.image, self.policy.keypoint_threshold)
         entry = FlaggedEntry(
             id=str(uuid.uuid4()),
             kind=EntryKind.IMAGE,
@@ -268,10 +398,9 @@ class FlaggedSet:
             note=note,
             added_by=actor,
             added_at=_now(),
-            phashes=[f"{h:016x}" for h in hash_variants(decoded.image)],
             thumbnail=_data_uri(decoded.image),
             original=original,
-            layout=encode_layout(layout_thumbnail(decoded.image)),
+            **pixels,
         )
         return self._put(entry, vector)
 
@@ -363,14 +492,29 @@ class FlaggedSet:
             if records
             else np.zeros((0, size), dtype=np.float32)
         )
-        hashes = [np.array([int(h, 16) for h in e.phashes], dtype=np.uint64) for e in entries]
-        layouts = [decode_layout(e.layout) for e in entries]
-        colours = (
-            np.stack([colour_histogram(t) if t is not None else np.zeros(BINS**3) for t in layouts])
-            if layouts
-            else None
+        # An entry's pixel data never changes after it is added: decode it once.
+        known = {e.id for e in entries}
+        for stale in set(self._parts) - known:
+            del self._parts[stale]
+        parts = [self._parts.get(e.id) or self._parts.setdefault(e.id, _parts(e)) for e in entries]
+        colours = np.stack([p.colours for p in parts]) if parts else None
+        key = tuple((e.id, p.features is not None) for e, p in zip(entries, parts, strict=True))
+        votes = self._votes if self._votes is not None and self._votes[0] == key else None
+        if votes is None:
+            votes = (key, *_vote_index([p.features for p in parts]))
+            self._votes = votes
+        return _Snapshot(
+            entries,
+            vectors,
+            [p.hashes for p in parts],
+            time.monotonic(),
+            [p.layout for p in parts],
+            colours,
+            [p.features for p in parts],
+            votes[1],
+            votes[2],
+            self._vote_lock,
         )
-        return _Snapshot(entries, vectors, hashes, time.monotonic(), layouts, colours)
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -387,22 +531,24 @@ class FlaggedSet:
     def check(
         self,
         vectors: np.ndarray,
-        hashes: Sequence[int],
+        pixels_of: Callable[[int], Pixels | None] | None = None,
         snapshot: _Snapshot | None = None,
         approved: Sequence[Sequence[str]] | None = None,
-        layout_of: Callable[[int], np.ndarray | None] | None = None,
+        hashes: Sequence[int | None] | None = None,
     ) -> list[Verdict]:
-        """Verdicts for images given their vectors and pHashes.
+        """Verdicts for images given their vectors.
 
-        ``approved`` lists, per image, entries a reviewer already cleared it of.
-        ``layout_of(i)`` gives image i's layout thumbnail when the caller has its pixels
-        (called once per image while the set holds image entries with layouts); without
-        it, or when it returns None, the layout signal is skipped.
+        ``pixels_of(i)`` gives image i's content hash, layout and keypoints when the
+        caller has its pixels (asked at most once per image, and only when the set holds
+        image entries); without it, or when it returns None, only the embedding (and
+        ``hashes``, when the caller kept them) can match. ``approved`` lists, per image,
+        entries a reviewer already cleared it of.
         """
         snap = snapshot or self.snapshot()
-        n = len(hashes)
+        n = len(vectors)
+        images = any(e.kind is EntryKind.IMAGE for e in snap.entries)
         if not snap.entries:
-            return [Verdict(False, [], hashes[i]) for i in range(n)]
+            return [Verdict(False, [], hashes[i] if hashes else None) for i in range(n)]
         cos = np.asarray(vectors, dtype=np.float64).reshape(n, -1) @ snap.vectors.T.astype(
             np.float64
         )
@@ -410,13 +556,23 @@ class FlaggedSet:
         verdicts = []
         for i in range(n):
             cleared = set(approved[i]) if approved is not None else set()
-            dists = [int(hamming(hashes[i], h).min()) if len(h) else None for h in snap.hashes]
-            layouts = self._layout_scores(i, dists, snap, cleared, layout_of)
+            pixels = _Lazy(pixels_of, i)
+            px = pixels.get() if images and hashes is None else None
+            query_hash = hashes[i] if hashes is not None else (px.phash if px else None)
+            dists = [
+                int(hamming(query_hash, h).min()) if len(h) and query_hash is not None else None
+                for h in snap.hashes
+            ]
+            candidates, voted = self._candidates(cos[i], dists, snap, cleared, pixels)
             matches = []
             for j, entry in enumerate(snap.entries):
                 if entry.id in cleared:
                     continue
-                signal = self._signal(float(cos[i, j]), thresholds[j], dists[j], layouts.get(j))
+                verify = _Verifier(snap, j, pixels, self.policy.keypoint_threshold)
+                if j in voted:
+                    verify.run()  # nominated by votes: keypoints may match on their own
+                layout = _Layout(snap, j, pixels, j in candidates)
+                signal = self._signal(float(cos[i, j]), thresholds[j], dists[j], layout, verify)
                 if signal is not None:
                     matches.append(
                         Match(
@@ -427,75 +583,91 @@ class FlaggedSet:
                             thresholds[j],
                             dists[j],
                             signal,
-                            layouts.get(j),
+                            layout.value,
+                            verify.inliers,
                         )
                     )
-            matches.sort(key=lambda m: (m.phash_distance is None, -m.score))
-            verdicts.append(Verdict(bool(matches), matches, hashes[i]))
+            matches.sort(key=lambda m: (m.signal != "embedding", -m.score))
+            verdicts.append(Verdict(bool(matches), matches, query_hash))
         return verdicts
 
-    def _layout_scores(
+    def _candidates(
         self,
-        i: int,
+        cos: np.ndarray,
         dists: list[int | None],
         snap: _Snapshot,
         cleared: set[str],
-        layout_of: Callable[[int], np.ndarray | None] | None,
-    ) -> dict[int, float]:
-        """Aligned-layout scores of image i against two kinds of flagged image: those
-        within ``phash_weak`` by hash (so the layout can confirm or refute the hash) and
-        those whose colour histograms share the most with its own (at least
-        ``colour_candidate``), at most ``layout_candidates`` of each."""
+        pixels: _Lazy,
+    ) -> tuple[set[int], set[int]]:
+        """The image entries worth comparing pixel by pixel: the nearest by embedding, by
+        hash (within ``phash_weak``), by colour histogram (at least ``colour_candidate``)
+        and by keypoint votes, at most ``layout_candidates`` of each; and, of them, those
+        the votes nominated (their keypoints are compared whatever the other signals say).
+        """
         p = self.policy
-        if layout_of is None or p.layout_candidates == 0 or snap.colours is None:
-            return {}
+        k = p.layout_candidates
         usable = [
             j
-            for j, layout in enumerate(snap.layouts)
-            if layout is not None and snap.entries[j].id not in cleared
+            for j, e in enumerate(snap.entries)
+            if e.kind is EntryKind.IMAGE and e.id not in cleared
         ]
-        near = sorted(
-            (j for j in usable if (d := dists[j]) is not None and d <= p.phash_weak),
-            key=lambda j: dists[j] or 0,
-        )[: p.layout_candidates]
-        image = layout_of(i) if usable else None
-        if image is None:
-            return {}
-        shared = np.minimum(snap.colours, colour_histogram(image)[None, :]).sum(axis=1)
-        alike = sorted(
-            (j for j in usable if shared[j] >= p.colour_candidate), key=lambda j: -shared[j]
-        )[: p.layout_candidates]
-        out: dict[int, float] = {}
-        for j in dict.fromkeys([*near, *alike]):
-            flagged = snap.layouts[j]
-            assert flagged is not None
-            out[j] = round(layout_score(image, flagged), 4)
-        return out
+        if not usable or k == 0:
+            return set(), set()
+        out = set(sorted(usable, key=lambda j: -cos[j])[:k])
+        near = [j for j in usable if (d := dists[j]) is not None and d <= p.phash_weak]
+        out |= set(sorted(near, key=lambda j: dists[j] or 0)[:k])
+        px = pixels.get()
+        if px is None:
+            return out, set()
+        if px.colours is not None and snap.colours is not None:
+            shared = np.minimum(snap.colours, px.colours[None, :]).sum(axis=1)
+            alike = [j for j in usable if shared[j] >= p.colour_candidate]
+            out |= set(sorted(alike, key=lambda j: -shared[j])[:k])
+        voted: set[int] = set()
+        if px.features is not None and snap.vote_index is not None:
+            voted = set(_vote(px.features, snap, k)) & set(usable)
+        return out | voted, voted
 
     def _signal(
-        self, score: float, threshold: float, dist: int | None, layout: float | None
+        self,
+        score: float,
+        threshold: float,
+        dist: int | None,
+        layout: _Layout,
+        verify: _Verifier,
     ) -> str | None:
-        """Which rule, if any, makes one image match one entry (module docstring)."""
+        """Which rule, if any, makes one image match one entry (module docstring). The
+        cheap signals go first: keypoints (the dearest) are compared only for entries the
+        votes nominated, or to confirm a layout or hash match."""
         p = self.policy
         if score >= threshold:
             return "embedding"
-        if layout is not None and layout >= p.layout_threshold:
-            return "layout"
-        if dist is None or (layout is not None and layout < p.layout_floor):
+        if verify.applies and (verify.inliers or 0) >= p.keypoint_threshold:
+            return "keypoints"
+        hashed = dist is not None and (
+            dist <= p.phash_strong
+            or (dist <= p.phash_weak and score >= threshold - p.borderline_margin)
+        )
+        if not (hashed or layout.possible):
             return None
-        if dist <= p.phash_strong:
-            return "phash"
-        if dist <= p.phash_weak and score >= threshold - p.borderline_margin:
-            return "phash+embedding"
-        return None
+        aligned = layout.score()
+        signal = None
+        if aligned is not None and aligned >= p.layout_threshold:
+            signal = "layout"
+        elif hashed and dist is not None and (layout.blind or (aligned or 0.0) >= p.layout_floor):
+            # Without pixels (an original gone) the stored hash speaks alone.
+            signal = "phash" if dist <= p.phash_strong else "phash+embedding"
+        if signal is not None and verify.applies:
+            found = verify.run()
+            if found is not None and found >= p.keypoint_threshold:
+                return "keypoints"
+            if found is not None and found < p.keypoint_floor:
+                return None  # the keypoints of a verifiable entry disagree: a coincidence
+        return signal
 
     def check_images(self, images: Sequence[Image.Image], vectors: np.ndarray) -> list[Verdict]:
         """Verdicts for decoded images with their vectors (ingest)."""
-        return self.check(
-            vectors,
-            [phash(im) for im in images],
-            layout_of=lambda i: layout_thumbnail(images[i]),
-        )
+        return self.check(vectors, pixels_of=lambda i: Pixels.of(images[i]))
 
     def check_bytes(self, data: bytes) -> Verdict:
         """Check an image that is not stored (``/moderate``).
@@ -503,10 +675,120 @@ class FlaggedSet:
         Raises:
             InvalidImage: refused like any upload.
         """
-        decoded = decode_image(data, self.limits, min_side=self.encoder.input_size)
+        decoded = decode_image(
+            data, self.limits, min_side=max(self.encoder.input_size or 0, PIXEL_SIDE)
+        )
         vector = self.encoder.encode_images([decoded.image])[0]
-        thumbnail = layout_thumbnail(decoded.image)
-        return self.check(vector[None, :], [phash(decoded.image)], layout_of=lambda _: thumbnail)[0]
+        return self.check(vector[None, :], pixels_of=lambda _: Pixels.of(decoded.image))[0]
+
+
+class _Lazy:
+    """A query image's pixels, computed on first use."""
+
+    def __init__(self, pixels_of: Callable[[int], Pixels | None] | None, i: int) -> None:
+        self._of = pixels_of
+        self._i = i
+        self._done = False
+        self._value: Pixels | None = None
+
+    def get(self) -> Pixels | None:
+        if not self._done:
+            self._value = self._of(self._i) if self._of is not None else None
+            self._done = True
+        return self._value
+
+
+class _Verifier:
+    """Keypoint inliers of one query image against one verifiable entry, on demand."""
+
+    def __init__(self, snap: _Snapshot, j: int, pixels: _Lazy, enough: int) -> None:
+        self.flagged = snap.features[j] if j < len(snap.features) else None
+        self.pixels = pixels
+        self.enough = enough
+        self._done = False
+        self.inliers: int | None = None
+
+    @property
+    def applies(self) -> bool:
+        """The entry's copies verify by keypoints, so its keypoints have a say."""
+        return self.flagged is not None
+
+    def run(self) -> int | None:
+        """Agreeing keypoints; None when the query has none to compare (too small, too
+        plain, or no pixels): then keypoints neither match nor refute."""
+        if not self._done and self.flagged is not None:
+            self._done = True
+            px = self.pixels.get()
+            features = px.features if px is not None else None
+            if features is not None:
+                self.inliers = best_inliers(features, self.flagged, self.enough)
+        return self.inliers
+
+
+class _Layout:
+    """Aligned-layout agreement of one query image with one candidate entry, on demand
+    (aligning is the dearest signal)."""
+
+    def __init__(self, snap: _Snapshot, j: int, pixels: _Lazy, candidate: bool) -> None:
+        self.flagged = snap.layouts[j] if candidate and j < len(snap.layouts) else None
+        self.pixels = pixels
+        self.value: float | None = None
+        self._done = False
+
+    @property
+    def blind(self) -> bool:
+        """No pixels of the query are at hand (only a stored hash)."""
+        return self.pixels.get() is None
+
+    @property
+    def possible(self) -> bool:
+        """The entry is a candidate and both layouts carry enough content to compare."""
+        px = self.pixels.get() if self.flagged is not None else None
+        query = px.prepared() if px is not None else None
+        return bool(query and query.informative and self.flagged and self.flagged.informative)
+
+    def score(self) -> float | None:
+        """The agreement (None: not a candidate, or too little content)."""
+        if not self._done:
+            self._done = True
+            if self.possible:
+                px = self.pixels.get()
+                assert px is not None and self.flagged is not None
+                query = px.prepared()
+                assert query is not None
+                found = layout_score(query, self.flagged)
+                self.value = round(found, 4) if found is not None else None
+        return self.value
+
+
+def _vote(query: Features, snap: _Snapshot, k: int) -> list[int]:
+    """The entries most of a query's keypoints find their nearest descriptor in."""
+    assert snap.vote_index is not None and snap.vote_owners is not None
+    step = max(1, len(query) // VOTERS)
+    with snap.vote_lock:
+        found = snap.vote_index.knnMatch(np.ascontiguousarray(query.descriptors[::step]), k=1)
+    nearest = [m[0] for m in found if m]
+    owners = [int(snap.vote_owners[m.trainIdx]) for m in nearest if m.distance <= VOTE_DISTANCE]
+    counts = np.bincount(owners, minlength=len(snap.entries)) if owners else np.zeros(0)
+    ranked = [int(j) for j in np.argsort(-counts)[:k] if counts[j] >= MIN_VOTES]
+    return ranked
+
+
+def entry_pixels(image: Image.Image, keypoint_threshold: int) -> dict[str, Any]:
+    """The pixel fields of a flagged image: content hashes, layout, keypoints of it and of
+    its mirror, and whether degraded copies of it verify by keypoints."""
+    found = content(image)
+    if found is None:
+        return {"phashes": [], "layout": "", "keypoints": "", "keypoints_mirror": ""}
+    pair = keypoint_features(found), keypoint_features(found, mirror=True)
+    verifiable = pair[0] is not None and self_test(image, pair) >= keypoint_threshold
+    return {
+        "phashes": [f"{h:016x}" for h in hash_variants(found)],
+        "layout": encode_layout(layout_thumbnail(found)),
+        "keypoints": pair[0].encode() if verifiable and pair[0] is not None else "",
+        "keypoints_mirror": pair[1].encode() if verifiable and pair[1] is not None else "",
+        "verifiable": verifiable,
+    }
 
 
 def audit_quarantines(

@@ -1,5 +1,14 @@
 """Aligned colour layout: a copy check that survives crops, mirroring and captions.
 
+Layouts are taken of an image's content (``services.moderation.content``: uniform
+borders and padding trimmed, brightness and contrast normalised), with the cells that
+show the trimmed background colour marked: those cells carry no evidence, so two
+different objects on the same white background do not agree by their background. A
+layout whose content cells are too few, or all of about the same brightness (a texture,
+a flat colour), cannot match by layout at all. When either image is greyscale the
+colours are compared by luminance.
+
+
 pHash compares low DCT frequencies of the whole frame, so a crop that removes 10% of one
 side, or a caption across the picture, moves it as far as an unrelated photo of the same
 scene type; an embedding moves likewise when a crop cuts into the object. A copy still
@@ -19,49 +28,71 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
 from PIL import Image
+
+from services.moderation.content import TRIM_TOLERANCE, Content, is_grey, normalised
 
 SIDE = 64  # thumbnail side (px)
 CELLS = 12  # grid cells per side compared after alignment
 TOLERANCE = 24.0  # largest per-channel difference (0-255) at which two cells agree
 MIN_CROP = 0.8  # the smallest share of each side a copy may keep
 BINS = 6  # colour-histogram bins per channel
+MIN_INFORMATIVE = 0.2  # the least share of content (non-background) cells to compare on
+MIN_STRUCTURE = 8.0  # the least spread of content cells' brightness (0-255) to compare on
+MIN_BACKDROP = 0.05  # the least share of background pixels for a backdrop colour to count
 _COARSE = 0.05
 _REFINE = (0.025, 0.0125)  # steps of the refinement passes around the best box
 
 
-def layout_thumbnail(image: Image.Image) -> np.ndarray:
-    """The (SIDE, SIDE, 3) uint8 thumbnail that layouts are compared on."""
-    small = image.convert("RGB").resize((SIDE, SIDE), Image.Resampling.BOX)
-    return np.asarray(small, dtype=np.uint8)
+def _thumbnail(picture: Image.Image, background: tuple[int, int, int] | None) -> np.ndarray:
+    small = np.asarray(picture.resize((SIDE, SIDE), Image.Resampling.BOX), dtype=np.uint8)
+    mask = np.zeros((SIDE, SIDE), dtype=np.uint8)
+    if background is not None:
+        differs = np.abs(small.astype(np.int16) - np.array(background)).max(axis=2)
+        mask[differs <= TRIM_TOLERANCE] = 255
+    colour = normalised(small).astype(np.uint8)
+    return np.dstack([colour, mask])
+
+
+def layout_thumbnail(found: Content) -> np.ndarray:
+    """The (SIDE, SIDE, 4) uint8 thumbnail layouts are compared on: normalised colour of
+    an image's content, and a background mask (255 where a pixel shows the trimmed
+    background)."""
+    return _thumbnail(found.image, found.background)
 
 
 def encode_layout(thumbnail: np.ndarray) -> str:
-    """Base64 text for a payload (12 KB raw)."""
+    """Base64 text for a payload (16 KB raw)."""
     return base64.b64encode(np.ascontiguousarray(thumbnail, dtype=np.uint8).tobytes()).decode()
 
 
 def decode_layout(text: str) -> np.ndarray | None:
-    """The thumbnail stored by :func:`encode_layout`, or None if absent or malformed."""
+    """The thumbnail stored by :func:`encode_layout`, or None if absent, malformed or of an
+    older layout format."""
     if not text:
         return None
     try:
         raw = base64.b64decode(text, validate=True)
     except binascii.Error:
         return None
-    if len(raw) != SIDE * SIDE * 3:
+    if len(raw) != SIDE * SIDE * 4:
         return None
-    return np.frombuffer(raw, dtype=np.uint8).reshape(SIDE, SIDE, 3)
+    return np.frombuffer(raw, dtype=np.uint8).reshape(SIDE, SIDE, 4)
 
 
 def colour_histogram(thumbnail: np.ndarray, bins: int = BINS) -> np.ndarray:
     """L1-normalised RGB histogram with soft (linear) binning, so a re-encode that nudges
     a colour across a bin edge moves weight gradually; crops, mirrors and small captions
     barely change it. Used to pick which flagged images to align against."""
-    pos = thumbnail.reshape(-1, 3).astype(np.float32) / 255.0 * (bins - 1)
+    rgb = thumbnail[..., :3].reshape(-1, 3)
+    if thumbnail.shape[-1] >= 4:  # background pixels say nothing about the content
+        keep = thumbnail[..., 3].reshape(-1) < 128
+        rgb = rgb[keep] if keep.any() else rgb
+    pos = rgb.astype(np.float32) / 255.0 * (bins - 1)
     low = np.minimum(pos.astype(np.int64), bins - 2)
     frac = pos - low
     hist = np.zeros(bins**3, dtype=np.float64)
@@ -75,9 +106,10 @@ def colour_histogram(thumbnail: np.ndarray, bins: int = BINS) -> np.ndarray:
 
 def _integral(thumbnail: np.ndarray) -> np.ndarray:
     """Integral image, one flattened row of (SIDE+1)^2 sums per channel."""
-    ii = np.zeros((3, SIDE + 1, SIDE + 1), dtype=np.float32)
+    channels = thumbnail.shape[-1]
+    ii = np.zeros((channels, SIDE + 1, SIDE + 1), dtype=np.float32)
     ii[:, 1:, 1:] = thumbnail.astype(np.float32).transpose(2, 0, 1).cumsum(1).cumsum(2)
-    return ii.reshape(3, -1)
+    return ii.reshape(channels, -1)
 
 
 def _cell_index(boxes: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -95,7 +127,7 @@ def _cell_index(boxes: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 def _grid(ii: np.ndarray, index: tuple[np.ndarray, ...]) -> np.ndarray:
-    """(3, boxes, CELLS, CELLS) mean colours."""
+    """(channels, boxes, CELLS, CELLS) means: colours, then the background share."""
     br, tr, bl, tl, area = index
     return (ii[:, br] - ii[:, tr] - ii[:, bl] + ii[:, tl]) / area
 
@@ -133,27 +165,124 @@ _NUDGES = np.array(
 )
 
 
-def _agreement(query: np.ndarray, grids: np.ndarray) -> np.ndarray:
-    diff = np.abs(grids - query[:, None])
-    worst = np.maximum(np.maximum(diff[0], diff[1]), diff[2])
-    return (worst <= TOLERANCE).mean(axis=(1, 2))
+def _agreement(query: np.ndarray, grids: np.ndarray, grey: bool) -> np.ndarray:
+    """Share of cells that agree among those that show content in either image: a cell
+    that is content in one and background in the other disagrees."""
+    content_q = query[3] < 127.5
+    content_g = grids[3] < 127.5
+    if grey:
+        diff = np.abs(grids[:3].mean(axis=0) - query[:3].mean(axis=0)[None])
+    else:
+        diff = np.abs(grids[:3] - query[:3, None]).max(axis=0)
+    agree = (diff <= TOLERANCE) & content_q[None] & content_g
+    either = content_q[None] | content_g
+    return agree.sum(axis=(1, 2)) / np.maximum(either.sum(axis=(1, 2)), 1)
 
 
-def layout_score(image: np.ndarray, flagged: np.ndarray) -> float:
-    """Share of grid cells that agree between ``image`` and the best-aligned crop of
-    ``flagged`` or of its mirror (both thumbnails from :func:`layout_thumbnail`)."""
-    query = _grid(_integral(image), _whole())[:, 0]
+@dataclass(frozen=True)
+class _View:
+    """One view of a layout with what a comparison needs of it."""
+
+    grid: np.ndarray  # (channels, CELLS, CELLS) of the whole view
+    views: tuple[np.ndarray, np.ndarray]  # integral images of the view and its mirror
+    informative: bool
+    grey: bool
+    backdrop: np.ndarray | None  # mean normalised colour of the background, if it shows
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A layout with what every comparison needs of it computed once: a flagged entry's
+    is kept with the flagged set, a query's for the few entries it is compared with."""
+
+    thumbnail: np.ndarray
+    parts: tuple[_View, ...]  # views compared pairwise (one per 4 channels)
+
+    @property
+    def informative(self) -> bool:
+        """Some view has enough content to compare."""
+        return any(v.informative for v in self.parts)
+
+
+def _backdrop(thumbnail: np.ndarray) -> np.ndarray | None:
+    shown = thumbnail[..., 3] >= 128
+    if shown.mean() < MIN_BACKDROP:
+        return None
+    return np.asarray(thumbnail[..., :3][shown].mean(axis=0), dtype=np.float32)
+
+
+def _view(thumbnail: np.ndarray) -> _View:
+    ii = _integral(thumbnail)
+    grid = _grid(ii, _whole())[:, 0]
+    return _View(
+        grid,
+        (ii, _integral(thumbnail[:, ::-1])),
+        _informative(grid),
+        is_grey(thumbnail[..., :3]),
+        _backdrop(thumbnail),
+    )
+
+
+def prepare(thumbnail: np.ndarray) -> Prepared:
+    """Integral images, whole grids and the informative/grey verdicts of each view."""
+    channels = thumbnail.shape[-1]
+    return Prepared(
+        thumbnail,
+        tuple(_view(thumbnail[..., k : k + 4]) for k in range(0, channels - channels % 4, 4)),
+    )
+
+
+def _informative(grid: np.ndarray) -> bool:
+    cells = grid[3] < 127.5
+    if cells.mean() < MIN_INFORMATIVE:
+        return False
+    return float(grid[:3].mean(axis=0)[cells].std()) >= MIN_STRUCTURE
+
+
+def informative(thumbnail: np.ndarray) -> bool:
+    """Whether a layout has enough content to be compared at all: content cells must be
+    a fair share of the grid and differ in brightness (a texture or a flat colour averages
+    to the same grey in every cell, so its cells would agree with any other's)."""
+    return _informative(_grid(_integral(thumbnail[..., :4]), _whole())[:, 0])
+
+
+def layout_score(image: np.ndarray | Prepared, flagged: np.ndarray | Prepared) -> float | None:
+    """Share of content cells that agree between ``image`` and the best-aligned crop of
+    ``flagged`` or of its mirror (both from :func:`layout_thumbnail`, or :func:`prepare`
+    of one); None when either carries too little content to compare."""
+    query = image if isinstance(image, Prepared) else prepare(image)
+    target = flagged if isinstance(flagged, Prepared) else prepare(flagged)
+    scores = [_score(q, t) for q, t in zip(query.parts, target.parts, strict=False)]
+    known = [s for s in scores if s is not None]
+    return max(known) if known else None
+
+
+def _score(query: _View, target: _View) -> float | None:
+    if not (query.informative and target.informative):
+        return None
+    grey = query.grey or target.grey
+    if query.backdrop is not None and target.backdrop is not None:
+        a, b = query.backdrop, target.backdrop
+        apart = abs(float(a.mean() - b.mean())) if grey else float(np.abs(a - b).max())
+        if apart > TOLERANCE:
+            return 0.0  # the same shapes on another backdrop: a new photo, not a copy
+    # Either picture may hold more around the content than the other (a crop cut into
+    # one; a caption or a shadow widened the other's box): align both ways.
+    return max(_aligned(query, target, grey), _aligned(target, query, grey))
+
+
+def _aligned(query: _View, target: _View, grey: bool) -> float:
+    """The best agreement of the whole ``query`` with a crop of ``target`` or its mirror."""
     boxes, index = _coarse()
     best = 0.0
-    for view in (flagged, flagged[:, ::-1]):
-        ii = _integral(view)
-        scores = _agreement(query, _grid(ii, index))
+    for ii in target.views:
+        scores = _agreement(query.grid, _grid(ii, index), grey)
         centre, top = boxes[int(scores.argmax())], float(scores.max())
         for step in _REFINE:
             candidates = centre[None, :] + _NUDGES * step
             candidates[:, 2:] = candidates[:, 2:].clip(MIN_CROP - 2 * _COARSE, 1.0)
             candidates[:, :2] = np.minimum(candidates[:, :2].clip(0.0), 1.0 - candidates[:, 2:])
-            scores = _agreement(query, _grid(ii, _cell_index(candidates)))
+            scores = _agreement(query.grid, _grid(ii, _cell_index(candidates)), grey)
             if float(scores.max()) > top:
                 centre, top = candidates[int(scores.argmax())], float(scores.max())
         best = max(best, top)

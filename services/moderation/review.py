@@ -21,8 +21,8 @@ from services.ids import is_image_id, is_point_id, point_id
 from services.images import decode_image
 from services.index.base import PayloadFilter, Record, VectorIndex
 from services.jobs.store import SCAN_ITEM, JobStore, State
-from services.moderation.flagged import FlaggedSet, Verdict, audit_quarantines, phash
-from services.moderation.layout import layout_thumbnail
+from services.moderation.content import PIXEL_SIDE
+from services.moderation.flagged import FlaggedSet, Pixels, Verdict, audit_quarantines, content_hash
 from services.payload import APPROVED, QUARANTINED
 from services.storage.files import ImageStore
 from services.storage.thumbnails import ThumbnailStore
@@ -212,10 +212,10 @@ class ReviewService:
             vectors = np.stack([np.asarray(r.vector, dtype=np.float32) for r in records])
             verdicts = self.flagged.check(
                 vectors,
-                hashes,
-                snap,
-                approved,
-                layout_of=partial(self._layout_of, records),
+                pixels_of=partial(self._pixels_of, records),
+                snapshot=snap,
+                approved=approved,
+                hashes=hashes,
             )
             for r, v in zip(records, verdicts, strict=True):
                 image_id = str(r.payload.get("image_id"))
@@ -227,25 +227,26 @@ class ReviewService:
         jobs.set_item(job_id, SCAN_ITEM, State.DONE)
         return newly
 
-    def _hash_of(self, record: Record) -> int:
+    def _hash_of(self, record: Record) -> int | None:
         stored = record.payload.get("phash")
         if stored:
             return int(str(stored), 16)
-        try:  # images ingested before hashes were kept
+        try:  # images ingested before hashes were kept, or with no content to hash
             data = self.store.get(str(record.payload.get("image_id")))
-            value = phash(decode_image(data, self.flagged.limits).image)
+            value = content_hash(decode_image(data, self.flagged.limits, min_side=PIXEL_SIDE).image)
         except (NotFound, InvalidImage):
-            return 0
-        self.index.set_payload(self.collection, [record.id], {"phash": f"{value:016x}"})
+            return None
+        if value is not None:
+            self.index.set_payload(self.collection, [record.id], {"phash": f"{value:016x}"})
         return value
 
-    def _layout_of(self, records: Sequence[Record], i: int) -> np.ndarray | None:
-        """Image i's layout thumbnail, from its original (read only for images that a
-        flagged entry is near)."""
+    def _pixels_of(self, records: Sequence[Record], i: int) -> Pixels | None:
+        """Image i's layout and keypoints, from its original (read only for images that a
+        signal needs pixels of)."""
         record = records[i]
         try:
             data = self.store.get(str(record.payload.get("image_id")))
-            return layout_thumbnail(decode_image(data, self.flagged.limits).image)
+            return Pixels.of(decode_image(data, self.flagged.limits, min_side=PIXEL_SIDE).image)
         except (NotFound, InvalidImage):
             return None
 

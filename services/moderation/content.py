@@ -1,0 +1,140 @@
+"""What in a picture is content: uniform borders and padding trimmed, brightness and
+contrast normalised.
+
+Product shots sit on white, copies get padded or framed, brightness and contrast get
+nudged: pixel signals that compare whole frames then compare backgrounds. Every pixel
+signal (hash, layout, keypoints) therefore looks at the content box, found by trimming
+what matches the frame's colour, repeatedly (a frame around a white canvas around an
+object), and at photometrically normalised values. Inside a plain canvas, the box holds
+the substantial shapes only: a caption or watermark typed onto the white beside a
+product is thin strokes, and would otherwise stretch the box and shrink the product in
+it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+TRIM_TOLERANCE = 24  # largest per-channel difference (0-255) from the border colour
+# A backdrop's soft shading (a vignette, a shadow) stays out of the content box: shapes
+# must differ from the frame colour by more than this.
+BOX_TOLERANCE = 40
+TRIM_SHARE = 0.01  # a row or column of the shapes is content when this share of it differs
+MIN_SHAPE = 0.15  # a shape is content when it weighs this share of the heaviest one
+SCATTERED = 0.1  # light shapes holding more than this share of all weight: keep them all
+_SOLID = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))  # strokes thinner vanish
+_JOIN = np.ones((5, 5), np.uint8)
+FRAME_SPREAD = 6  # how far (0-255) a frame pixel may sit from the frame's colour...
+FRAME_SHARE = 0.6  # ...for this share of them, for the frame to be one colour
+_WORK_SIDE = 256  # trimming works on a copy this size (fast, and steady under resizing)
+MIN_CONTENT = 0.02  # a content box smaller than this share of the frame is no content
+# Images checked by pixels are decoded with at least this shorter side (JPEG DCT scaling
+# stops there): keypoints are found at 320 px, and an object that fills a third of a
+# product shot still has to keep its detail when the model itself looks at 64 or 224.
+PIXEL_SIDE = 640
+
+
+@dataclass(frozen=True)
+class Content:
+    """An image's content box and the colour it was trimmed from."""
+
+    image: Image.Image  # the content, RGB
+    background: tuple[int, int, int] | None  # the colour trimmed away (None: no frame)
+
+
+def _frame_colour(a: np.ndarray) -> np.ndarray:
+    frame = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    return np.median(frame, axis=0)
+
+
+def _frame_is_uniform(a: np.ndarray, colour: np.ndarray) -> bool:
+    """A frame to trim is one colour (a canvas, padding, a border; an object may touch
+    it), not a smooth wall or sky that merely has a typical colour: most of its pixels
+    sit within a few levels of that colour."""
+    frame = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]).astype(np.int16)
+    return float((np.abs(frame - colour).max(axis=1) <= FRAME_SPREAD).mean()) >= FRAME_SHARE
+
+
+def _box(a: np.ndarray, colour: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The box around the shapes that differ from the frame colour. Shapes are weighed
+    by their solid pixels (what an opening keeps), so specks (JPEG noise) and strokes (a
+    caption's letters, solid or outlined) weigh next to nothing: a shape with less than
+    ``MIN_SHAPE`` of the heaviest one's weight is left out, unless such light shapes
+    add up to a good part of the picture (a scene, a texture). Nearby parts of one object
+    join into one shape first (a small dilation)."""
+    differs = (np.abs(a.astype(np.int16) - colour).max(axis=2) > BOX_TOLERANCE).astype(np.uint8)
+    solid = cv2.morphologyEx(differs, cv2.MORPH_OPEN, _SOLID)
+    if not solid.any():  # all strokes (a line drawing): weigh every pixel
+        solid = differs
+    joined = cv2.dilate(solid, _JOIN)
+    count, labels = cv2.connectedComponents(joined, connectivity=8)
+    if count < 2:
+        return None
+    weight = np.bincount(labels[solid.astype(bool)], minlength=count)
+    weight[0] = 0
+    light = (weight > 0) & (weight < MIN_SHAPE * weight.max())
+    if weight[light].sum() > SCATTERED * weight.sum():
+        light[:] = False  # many shapes of every size: a scene or a texture, keep it whole
+    keep = np.flatnonzero((weight > 0) & ~light)
+    # The kept shapes with their thin parts (a stroke touching them) back.
+    region = cv2.dilate(np.isin(labels, keep).astype(np.uint8), _JOIN).astype(bool)
+    mask = region & differs.astype(bool)
+    rows = np.flatnonzero(mask.mean(axis=1) > TRIM_SHARE)
+    cols = np.flatnonzero(mask.mean(axis=0) > TRIM_SHARE)
+    if len(rows) < 2 or len(cols) < 2:
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def content(image: Image.Image) -> Content | None:
+    """The image with uniform borders trimmed (up to three frames), or None when nothing
+    but a uniform colour is left (no content to compare by pixels)."""
+    rgb = image.convert("RGB")
+    background: tuple[int, int, int] | None = None
+    for _ in range(3):
+        w, h = rgb.size
+        scale = min(1.0, _WORK_SIDE / max(w, h))
+        small = (
+            rgb
+            if scale == 1.0
+            else rgb.resize((max(2, round(w * scale)), max(2, round(h * scale))))
+        )
+        a = np.asarray(small)
+        colour = _frame_colour(a)
+        if not _frame_is_uniform(a, colour):
+            break
+        box = _box(a, colour)
+        if box is None:
+            return None
+        # Round inwards: a sliver of the frame left at an edge would stop the next pass.
+        x0, y0 = (math.ceil(v / scale) for v in box[:2])
+        x1, y1 = (math.floor(v / scale) for v in box[2:])
+        if (x1 - x0) * (y1 - y0) < MIN_CONTENT * w * h:
+            return None
+        if (x0, y0, x1, y1) == (0, 0, w, h):
+            break
+        background = (int(colour[0]), int(colour[1]), int(colour[2]))
+        rgb = rgb.crop((x0, y0, min(w, x1), min(h, y1)))
+    return Content(rgb, background)
+
+
+def normalised(values: np.ndarray) -> np.ndarray:
+    """Per-channel standardisation (mean 128, spread 48): a brightness or contrast change
+    (an affine change of values) leaves the result unchanged."""
+    v = values.astype(np.float32)
+    flat = v.reshape(-1, v.shape[-1]) if v.ndim == 3 else v.reshape(-1, 1)
+    mean, std = flat.mean(axis=0), flat.std(axis=0)
+    out = (v - mean) / np.maximum(std, 4.0) * 48.0 + 128.0
+    return np.clip(out, 0, 255)
+
+
+def is_grey(rgb: np.ndarray) -> bool:
+    """True when an image carries (almost) no colour: compare it by luminance."""
+    a = rgb.astype(np.int16)
+    chroma = a.max(axis=-1) - a.min(axis=-1)
+    return float(np.percentile(chroma, 90)) < 12.0

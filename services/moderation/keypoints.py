@@ -1,0 +1,138 @@
+"""Local features: the verification that two pictures show the same pixels.
+
+ORB keypoints of an image's content (grey, histogram-equalised, 320 px on the longer
+side: padding and plain backgrounds trimmed, so a copy's content comes out at about the
+same scale as the original's) are matched against a flagged image's (ratio test), and the matches that agree on
+one rotation, uniform scale and shift (RANSAC) are counted. A copy that was cropped,
+rotated a few degrees, resized, recompressed, brightened, greyed or captioned keeps
+hundreds of such inliers; two different objects on white, or two textures of the same
+colour, keep a handful. A flagged image also stores the features of its mirror image.
+
+Not every picture has repeatable keypoints (flat renders, silhouettes): when a flagged
+image is added, a degraded copy of it is verified against it (``self_test``); only an
+image that passes is "verifiable", and only then do keypoints decide for or against the
+other pixel signals.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
+
+from services.moderation.content import Content, content
+
+SIDE = 320  # keypoints are found on the content resized to this longer side
+MAX_FEATURES = 1000
+RATIO = 0.8  # Lowe's ratio test
+REPROJECTION_PX = 6.0  # RANSAC inlier distance, at SIDE
+MAX_ROTATION_DEG = 15.0
+SCALE_RANGE = (0.5, 2.0)
+MIN_FEATURES = 30  # fewer keypoints than this: the picture cannot be verified
+MIN_SIDE = 128  # content smaller than this (px, longer side) cannot be verified either
+
+
+@dataclass(frozen=True)
+class Features:
+    """Keypoint positions (N, 2) and ORB descriptors (N, 32)."""
+
+    xy: np.ndarray
+    descriptors: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.descriptors)
+
+    def encode(self) -> str:
+        """Base64 text for a payload."""
+        buf = io.BytesIO()
+        np.savez_compressed(buf, xy=self.xy.astype(np.float16), d=self.descriptors)
+        return base64.b64encode(buf.getvalue()).decode()
+
+    @classmethod
+    def decode(cls, text: str) -> Features | None:
+        """The features ``encode`` wrote, or None if absent or malformed."""
+        if not text:
+            return None
+        try:
+            with np.load(io.BytesIO(base64.b64decode(text, validate=True))) as data:
+                return cls(data["xy"].astype(np.float32), data["d"].astype(np.uint8))
+        except (binascii.Error, OSError, ValueError, KeyError):
+            return None
+
+
+def _detector() -> Any:
+    return cv2.ORB_create(nfeatures=MAX_FEATURES, fastThreshold=20)  # type: ignore[attr-defined]
+
+
+def features(found: Content, mirror: bool = False) -> Features | None:
+    """ORB features of an image's content (None: too small, or too few keypoints, to
+    verify: a thumbnail-sized copy's keypoints do not repeat, so they cannot refute)."""
+    if max(found.image.size) < MIN_SIDE:
+        return None
+    picture = ImageOps.mirror(found.image) if mirror else found.image
+    grey = np.asarray(picture.convert("L"))
+    scale = SIDE / max(grey.shape)
+    size = (max(8, round(grey.shape[1] * scale)), max(8, round(grey.shape[0] * scale)))
+    grey = cv2.equalizeHist(cv2.resize(grey, size, interpolation=cv2.INTER_AREA))
+    keypoints, descriptors = _detector().detectAndCompute(grey, None)
+    if descriptors is None or len(keypoints) < MIN_FEATURES:
+        return None
+    return Features(np.array([k.pt for k in keypoints], dtype=np.float32), descriptors)
+
+
+def inliers(query: Features, flagged: Features) -> int:
+    """How many of the query's keypoints a single rotation + scale + shift maps onto the
+    flagged image's matching keypoints (0 when no plausible transform exists)."""
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+    pairs = matcher.knnMatch(query.descriptors, flagged.descriptors, k=2)
+    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
+    if len(good) < 8:
+        return 0
+    src = query.xy[[m.queryIdx for m in good]]
+    dst = flagged.xy[[m.trainIdx for m in good]]
+    transform, mask = cv2.estimateAffinePartial2D(
+        src, dst, method=cv2.RANSAC, ransacReprojThreshold=REPROJECTION_PX, maxIters=500
+    )
+    if transform is None or mask is None:
+        return 0
+    scale = float(np.hypot(transform[0, 0], transform[1, 0]))
+    rotation = float(np.degrees(np.arctan2(transform[1, 0], transform[0, 0])))
+    if not SCALE_RANGE[0] < scale < SCALE_RANGE[1] or abs(rotation) > MAX_ROTATION_DEG:
+        return 0
+    return int(mask.sum())
+
+
+def best_inliers(
+    query: Features, flagged: tuple[Features | None, Features | None], enough: int = 0
+) -> int:
+    """Inliers against a flagged image or its mirror, whichever agrees more; the mirror
+    is skipped when the image itself already has ``enough`` (0: always compared)."""
+    best = 0
+    for view in flagged:
+        if view is not None:
+            best = max(best, inliers(query, view))
+            if enough and best >= enough:
+                break
+    return best
+
+
+def self_test(image: Image.Image, flagged: tuple[Features | None, Features | None]) -> int:
+    """Inliers of degraded copies (JPEG quality 50; cropped by 5% a side) against the
+    image itself, the fewer of the two: how well its copies will verify."""
+    w, h = image.size
+    copies = (image, image.crop((w // 20, h // 20, w - w // 20, h - h // 20)))
+    worst = None
+    for copy, quality in zip(copies, (50, 70), strict=True):
+        buf = io.BytesIO()
+        copy.convert("RGB").save(buf, format="JPEG", quality=quality)
+        found = content(Image.open(io.BytesIO(buf.getvalue())))
+        probe = features(found) if found is not None else None
+        score = best_inliers(probe, flagged) if probe is not None else 0
+        worst = score if worst is None else min(worst, score)
+    return worst or 0
