@@ -171,6 +171,27 @@ def info(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
+def models(as_json: JsonOpt = False) -> None:
+    """Well-known models: family, vector size, languages and relative speed."""
+    from services.model_presets import PRESETS
+
+    if as_json:
+        emit_json([p.as_dict() for p in PRESETS])
+        return
+    typer.echo(f"{'model':<40} {'family':<9} {'dim':>4} {'speed':>5}  languages")
+    for p in PRESETS:
+        typer.echo(
+            f"{p.model:<40} {p.family:<9} {p.vector_size:>4} {p.relative_speed:>5.2f}  "
+            f"{p.languages}"
+        )
+        if p.text_model:
+            typer.echo(f"{'':<4}+ SIGHTLINE_TEXT_MODEL={p.text_model}")
+        if p.note:
+            typer.echo(f"{'':<4}{p.note}")
+    typer.echo("speed: image encodes per ViT-B/32 encode, from the models' compute (a guide)")
+
+
+@app.command()
 def worker(
     queues: Annotated[str, typer.Option(help="Comma-separated queues to consume.")] = "ingest,jobs",
     concurrency: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,

@@ -119,3 +119,38 @@ def build_tiny_siglip(
     )
     processor.save_pretrained(path)
     return path
+
+
+def build_tiny_text_model(path: Path, dim: int, seed: int = 0) -> Path:
+    """A tiny text-only sentence-transformers model (BERT, mean pooling, a projection to
+    ``dim``): stands in for a multilingual text model trained into an image model's
+    space (clip-ViT-B-32-multilingual-v1), with no download."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Pooling, Transformer
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters)]
+    raw = path / "transformer"
+    raw.mkdir(parents=True, exist_ok=True)
+    (raw / "vocab.txt").write_text("\n".join(words) + "\n")
+    tokenizer = BertTokenizer(str(raw / "vocab.txt"))
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(words),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(raw)
+    tokenizer.save_pretrained(raw)
+    modules = [
+        Transformer(str(raw)),
+        Pooling(32, "mean"),
+        Dense(32, dim, activation_function=torch.nn.Identity()),
+    ]
+    out = path / "model"
+    SentenceTransformer(modules=modules).save(str(out))
+    return out

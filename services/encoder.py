@@ -100,6 +100,30 @@ def _limit_text_length(model: Any) -> None:
         model.max_seq_length = positions
 
 
+def _pad_texts_as_trained(model: Any) -> None:
+    """Pad texts the way the text tower was trained. SigLIP and SigLIP2 pool one position
+    of a sequence padded to a fixed length, so their text embedding depends on the
+    padding; sentence-transformers pads to the longest text of a batch, which moves every
+    score (by up to 0.05 against transformers' own pipeline). Decided from the loaded
+    config's model type, not the checkpoint's name, so fine-tunes are covered; the
+    length is the text tower's positions (64 for SigLIP), as the reference pipeline uses."""
+    module = model[0]
+    config = getattr(getattr(module, "model", None), "config", None)
+    text_config = getattr(config, "text_config", None) or config
+    kind = str(getattr(text_config, "model_type", "") or getattr(config, "model_type", ""))
+    length = getattr(text_config, "max_position_embeddings", None)
+    if "siglip" not in kind.lower() or not isinstance(length, int):
+        return
+    kwargs = dict(getattr(module, "processing_kwargs", None) or {})
+    kwargs["text"] = {
+        **dict(kwargs.get("text") or {}),
+        "padding": "max_length",
+        "max_length": length,
+        "truncation": True,
+    }
+    module.processing_kwargs = kwargs
+
+
 class Encoder:
     """Embeds images and texts into one L2-normalised float32 space."""
 
@@ -109,8 +133,13 @@ class Encoder:
         device: str = "cpu",
         batch_size: int = 32,
         cache_dir: Path | None = None,
+        text_model: str | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         self.model_name = model_name
+        self.text_model_name = text_model
+        self.trust_remote_code = trust_remote_code
+        self._text_model: Any = None
         self.device = device
         self.batch_size = batch_size
         self.cache_dir = cache_dir
@@ -143,25 +172,11 @@ class Encoder:
             self._load_locked()
 
     def _load_locked(self) -> None:
-        from sentence_transformers import SentenceTransformer  # heavy: import on first load
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # per-weight progress bars drown CLI output
 
-        path = Path(self.model_name).expanduser()
-        is_local = path.is_dir()
-        try:
-            model = SentenceTransformer(
-                str(path) if is_local else self.model_name,
-                device=self.device,
-                cache_folder=str(self.cache_dir) if self.cache_dir else None,
-            )
-        except (OSError, ValueError, RuntimeError, KeyError) as e:
-            raise ModelUnavailable(
-                f"cannot load model {self.model_name!r}: {e}. If this machine is offline and the "
-                "model is not cached, download it elsewhere and point SIGHTLINE_MODEL at the "
-                "local directory (for example SIGHTLINE_MODEL=/models/clip-ViT-B-32)."
-            ) from e
+        model, model_id = self._load_model(self.model_name)
         modalities = set(getattr(model, "modalities", []) or [])
         if not {Modality.TEXT.value, Modality.IMAGE.value} <= modalities:
             raise ModelUnavailable(
@@ -175,9 +190,50 @@ class Encoder:
         self._read_logit_params(model)
         self._input_size = _input_size(model)
         _limit_text_length(model)
-        model_id = local_model_id(path.resolve()) if is_local else self.model_name
+        _pad_texts_as_trained(model)
+        if self.text_model_name is not None:
+            text_model, text_id = self._load_model(self.text_model_name)
+            if Modality.TEXT.value not in set(getattr(text_model, "modalities", []) or []):
+                raise ModelUnavailable(f"text model {self.text_model_name!r} does not embed text")
+            text_dim = text_model.get_embedding_dimension()
+            if text_dim != dim:
+                raise ModelUnavailable(
+                    f"text model {self.text_model_name!r} makes {text_dim}-dimensional vectors "
+                    f"but image model {self.model_name!r} makes {dim}: they are not one space"
+                )
+            _limit_text_length(text_model)
+            self._text_model = text_model
+            # Both models shape the stored vectors: a collection built with another pair
+            # is refused like one built with another model.
+            model_id = f"{model_id}+text:{text_id}"
         self._identity = ModelIdentity(model_id=model_id, size=int(dim))
         self._model = model
+
+    def _load_model(self, name: str) -> tuple[Any, str]:
+        """A SentenceTransformer by hub name or local directory, and its identity."""
+        from sentence_transformers import SentenceTransformer  # heavy: import on first load
+
+        path = Path(name).expanduser()
+        is_local = path.is_dir()
+        try:
+            model = SentenceTransformer(
+                str(path) if is_local else name,
+                device=self.device,
+                cache_folder=str(self.cache_dir) if self.cache_dir else None,
+                trust_remote_code=self.trust_remote_code,
+            )
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
+            hint = (
+                " It ships its own code: set SIGHTLINE_TRUST_REMOTE_CODE=true if you trust it."
+                if "trust_remote_code" in str(e)
+                else ""
+            )
+            raise ModelUnavailable(
+                f"cannot load model {name!r}: {e}.{hint} If this machine is offline and the "
+                "model is not cached, download it elsewhere and point SIGHTLINE_MODEL at the "
+                "local directory (for example SIGHTLINE_MODEL=/models/clip-ViT-B-32)."
+            ) from e
+        return model, local_model_id(path.resolve()) if is_local else name
 
     def _read_logit_params(self, model: Any) -> None:
         """Read the temperature (and SigLIP bias) the model was trained with."""
@@ -226,7 +282,9 @@ class Encoder:
         if not items:
             return np.zeros((0, self.identity.size), dtype=np.float32)
         started = time.perf_counter()
-        vectors = self._model.encode(
+        text = modality is Modality.TEXT and self._text_model is not None
+        model = self._text_model if text else self._model
+        vectors = model.encode(
             list(items),
             batch_size=self.batch_size,
             convert_to_numpy=True,

@@ -139,7 +139,13 @@ def build_job_store(settings: Settings) -> JobStore:
 
 def build_encoder(settings: Settings) -> Encoder:
     """The encoder for the configured model (not loaded yet)."""
-    return Encoder(settings.model, device=settings.device, batch_size=settings.batch_size)
+    return Encoder(
+        settings.model,
+        device=settings.device,
+        batch_size=settings.batch_size,
+        text_model=settings.text_model,
+        trust_remote_code=settings.trust_remote_code,
+    )
 
 
 @dataclass

@@ -206,6 +206,18 @@ class Settings(BaseSettings):
         min_length=1,
         description="sentence-transformers model name or local directory.",
     )
+    text_model: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A text-only model trained into the image model's space (e.g. "
+        "sentence-transformers/clip-ViT-B-32-multilingual-v1 for clip-ViT-B-32): text "
+        "search, tagging and label vectors use it. Unset: the image model's own text tower.",
+    )
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Let models that ship their own code (jina-clip-v2) run it. Only for "
+        "models you trust: their code runs with Sightline's permissions.",
+    )
     device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?|mps)$")
     batch_size: int = Field(default=32, ge=1, le=1024, description="Images per model call.")
     index: IndexSettings = Field(default_factory=IndexSettings)

@@ -131,7 +131,7 @@ def embed_taxonomy(encoder: Encoder, taxonomy: Taxonomy) -> LabelSet:
     spans: list[tuple[int, int]] = []
     for dim in taxonomy.dimensions:
         for label in dim.labels:
-            texts = taxonomy.prompts(dim, label)
+            texts = taxonomy.prompts(dim, label, encoder.family.value)
             spans.append((len(prompts), len(prompts) + len(texts)))
             prompts.extend(texts)
     vectors = encoder.encode_texts(prompts)
@@ -186,7 +186,9 @@ class LabelBank:
                             "dimension": dim.name,
                             "label": name,
                             "prompts": labels.taxonomy.prompts(
-                                labels.taxonomy.dimension(dim.name), label
+                                labels.taxonomy.dimension(dim.name),
+                                label,
+                                self.encoder.family.value,
                             ),
                         },
                     )

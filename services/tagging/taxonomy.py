@@ -17,7 +17,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from services.errors import InvalidTaxonomy
 
+# Prompt templates per model family, for a taxonomy that sets none: CLIP was trained on
+# captions and scores better with a small ensemble of caption-like prompts (averaged into
+# one vector); SigLIP's reference prompt is its own sentence, as its model cards and
+# transformers' zero-shot pipeline use it.
 DEFAULT_TEMPLATES = ["a photo of a {label}", "a product photo of a {label}"]
+FAMILY_TEMPLATES = {"clip": DEFAULT_TEMPLATES, "siglip": ["This is a photo of {label}."]}
 _NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 # Every prompt is embedded when a taxonomy is loaded, so the document is bounded by what
 # it costs to embed, after templates are applied and YAML aliases expanded.
@@ -88,9 +93,8 @@ class OcrFusion(_Strict):
 class Taxonomy(_Strict):
     """Dimensions of labels, with the prompt templates used where a label has no prompts."""
 
-    templates: list[Prompt] = Field(
-        default_factory=lambda: list(DEFAULT_TEMPLATES), min_length=1, max_length=16
-    )
+    # Empty: the loaded model family's templates (FAMILY_TEMPLATES).
+    templates: list[Prompt] = Field(default_factory=list, max_length=16)
     ocr: OcrFusion = Field(default_factory=OcrFusion)
     dimensions: list[Dimension] = Field(default_factory=list, max_length=64)
 
@@ -108,9 +112,16 @@ class Taxonomy(_Strict):
         """A dimension by name."""
         return next(d for d in self.dimensions if d.name == name)
 
-    def prompts(self, dimension: Dimension, label: Label) -> list[str]:
-        """The texts whose embeddings are averaged into the label's vector."""
-        texts = label.prompts or dimension.templates or self.templates
+    def prompts(self, dimension: Dimension, label: Label, family: str = "clip") -> list[str]:
+        """The texts whose embeddings are averaged into the label's vector: the label's
+        own prompts, else its dimension's templates, else the taxonomy's, else the model
+        family's."""
+        texts = (
+            label.prompts
+            or dimension.templates
+            or self.templates
+            or FAMILY_TEMPLATES.get(family, DEFAULT_TEMPLATES)
+        )
         # str.replace, not str.format: prompts may contain other braces.
         return [t.replace("{label}", label.name) for t in texts]
 
