@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -39,18 +40,32 @@ def _images() -> list[Image.Image]:
     return [*chosen, Image.open(io.BytesIO(png_bytes(0))).convert("RGB")]
 
 
-@pytest.fixture(params=["clip", "siglip"])
-def model_dir(request: pytest.FixtureRequest, tiny_model_dir: Path, tmp_path: Path) -> Path:
+@pytest.fixture(params=["clip", "clip-hub-layout", "siglip"])
+def model_dirs(
+    request: pytest.FixtureRequest, tiny_model_dir: Path, tmp_path: Path
+) -> tuple[Path, Path]:
+    """(what Sightline loads, what the reference loads): a tiny CLIP; the same in the hub
+    layout of sentence-transformers/clip-ViT-B-32 (the production default: a legacy
+    ``0_CLIPModel`` module); a tiny SigLIP."""
     if request.param == "clip":
-        return tiny_model_dir
-    return build_tiny_siglip(tmp_path / "siglip", logit_scale=12.0, logit_bias=-3.5)
+        return tiny_model_dir, tiny_model_dir
+    if request.param == "siglip":
+        path = build_tiny_siglip(tmp_path / "siglip", logit_scale=12.0, logit_bias=-3.5)
+        return path, path
+    hub = tmp_path / "clip-ViT-B-32"
+    shutil.copytree(tiny_model_dir, hub / "0_CLIPModel")
+    module = {"idx": 0, "name": "0", "path": "0_CLIPModel"}
+    module["type"] = "sentence_transformers.models.CLIPModel"
+    (hub / "modules.json").write_text(json.dumps([module]))
+    return hub, hub / "0_CLIPModel"
 
 
-def test_tag_scores_equal_the_transformers_pipeline(model_dir: Path) -> None:
+def test_tag_scores_equal_the_transformers_pipeline(model_dirs: tuple[Path, Path]) -> None:
+    ours, theirs = model_dirs
     images = _images()
-    classifier = pipeline("zero-shot-image-classification", model=str(model_dir), device="cpu")
+    classifier = pipeline("zero-shot-image-classification", model=str(theirs), device="cpu")
     reference = classifier(images, candidate_labels=LABELS, hypothesis_template=TEMPLATE)
-    encoder = Encoder(str(model_dir), batch_size=4)
+    encoder = Encoder(str(ours), batch_size=4)
     texts = encoder.encode_texts([TEMPLATE.format(label) for label in LABELS])
     vectors = encoder.encode_images(images)
     got = label_probabilities(
@@ -66,12 +81,13 @@ def test_tag_scores_equal_the_transformers_pipeline(model_dir: Path) -> None:
             assert p == pytest.approx(want[label], abs=1e-4), label
 
 
-def test_embeddings_equal_the_models_own_features(model_dir: Path) -> None:
+def test_embeddings_equal_the_models_own_features(model_dirs: tuple[Path, Path]) -> None:
     """The way the pipeline calls the model: SigLIP texts padded to max_length (64)."""
+    ours, theirs = model_dirs
     images = _images()
     texts = [TEMPLATE.format(label) for label in LABELS]
-    model = AutoModel.from_pretrained(str(model_dir)).eval()
-    processor = AutoProcessor.from_pretrained(str(model_dir))
+    model = AutoModel.from_pretrained(str(theirs)).eval()
+    processor = AutoProcessor.from_pretrained(str(theirs))
     padding: dict[str, object] = {"padding": True}
     if "siglip" in model.config.model_type:
         padding = {"padding": "max_length", "max_length": 64, "truncation": True}
@@ -84,7 +100,7 @@ def test_embeddings_equal_the_models_own_features(model_dir: Path) -> None:
     want_image = getattr(want_image, "pooler_output", want_image)
     want_text = torch.nn.functional.normalize(want_text, dim=-1).numpy()
     want_image = torch.nn.functional.normalize(want_image, dim=-1).numpy()
-    encoder = Encoder(str(model_dir), batch_size=4)
+    encoder = Encoder(str(ours), batch_size=4)
     assert np.allclose(encoder.encode_texts(texts), want_text, atol=1e-5)
     assert np.allclose(encoder.encode_images(images), want_image, atol=1e-5)
 
