@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from tqdm import tqdm
@@ -148,8 +148,9 @@ def info(as_json: JsonOpt = False) -> None:
     """Model, collections and their sizes."""
     runtime = open_runtime()
     identity = runtime.encoder.identity
-    data = {
+    data: dict[str, Any] = {
         "model": runtime.settings.model,
+        "text_model": runtime.settings.text_model,
         "model_id": identity.model_id,
         "vector_size": identity.size,
         "distance": identity.distance,
@@ -166,7 +167,7 @@ def info(as_json: JsonOpt = False) -> None:
     for key, value in data.items():
         if key != "collections":
             typer.echo(f"{key:>14}: {value}")
-    for name, count in data["collections"].items():  # type: ignore[attr-defined]
+    for name, count in data["collections"].items():
         typer.echo(f"{'collection':>14}: {name} ({count} points)")
 
 
