@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -81,7 +82,11 @@ def shot(driver: WebDriver, name: str) -> None:
 
 
 def wait(driver: WebDriver, timeout: float = 30) -> WebDriverWait:  # type: ignore[type-arg]
-    return WebDriverWait(driver, timeout)
+    """Poll until a condition holds. A page replaced mid-check (the navigation a click
+    started) makes Chromium answer "node does not belong to the document": poll again."""
+    return WebDriverWait(
+        driver, timeout, ignored_exceptions=(StaleElementReferenceException, WebDriverException)
+    )
 
 
 def log_in(driver: WebDriver, base: str) -> None:
