@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from demo.tiny_model import build_tiny_clip
 from services.ids import point_id
 from services.index.edge import EdgeIndex
 from services.jobs.store import State
@@ -141,24 +138,11 @@ def test_worker_survives_redis_restart(
     assert sorted(indexed_ids(tmp_path)) == sorted(point_id(i) for i in image_ids)
 
 
-@pytest.fixture(scope="session")
-def slower_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Slow enough (448 px, 8 layers: a few hundred ms an image) that a kill sent as soon
-    as a delivery is counted lands while the image is still being encoded."""
-    return build_tiny_clip(
-        tmp_path_factory.mktemp("slower") / "slower-clip",
-        image_size=448,
-        patch_size=16,
-        vision_hidden=256,
-        vision_layers=8,
-    )
-
-
 def test_item_that_keeps_killing_its_worker_ends_failed(
-    make_worker, tmp_path: Path, slower_model_dir: Path, redis_server: RedisServer
+    make_worker, tmp_path: Path, slow_model_dir: Path, redis_server: RedisServer
 ) -> None:
     env = worker_env(
-        tmp_path, slower_model_dir, redis_server.url, SIGHTLINE_QUEUE__MAX_DELIVERIES="2"
+        tmp_path, slow_model_dir, redis_server.url, SIGHTLINE_QUEUE__MAX_DELIVERIES="2"
     )
     worker = make_worker(env)
     publisher = build_publisher(env)
