@@ -83,11 +83,14 @@ _CROPS = (0.08, 0.15)
 # when they differ in at most VOTE_DISTANCE bits; an entry needs MIN_VOTES to be compared.
 VOTE_DISTANCE = 40
 MIN_VOTES = 8
+# Long keys and no multi-probe: buckets stay small, so a query's pass costs a few ms over
+# a hundred entries' descriptors (12-bit keys with multi-probe cost ~50x more) and
+# nominates the copy's entry as often (bench/moderation.py).
 VOTE_LSH: dict[str, bool | int | float | str] = {
     "algorithm": 6,
-    "table_number": 6,
-    "key_size": 12,
-    "multi_probe_level": 1,
+    "table_number": 8,
+    "key_size": 20,
+    "multi_probe_level": 0,
 }
 VOTE_CHECKS = 32
 VOTERS = 300  # about this many of a query's keypoints vote (a copy's win by dozens)
@@ -637,17 +640,25 @@ class FlaggedSet:
         verify: _Verifier,
     ) -> str | None:
         """Which rule, if any, makes one image match one entry (module docstring). The
-        cheap signals go first: keypoints (the dearest) are compared only for entries the
-        votes nominated, or to confirm a layout or hash match."""
+        cheap signals go first; keypoints are compared only for candidates (nominated by
+        votes, embedding, hash or colour), and before the layout, which is dearer."""
         p = self.policy
         if score >= threshold:
             return "embedding"
         if verify.applies and (verify.inliers or 0) >= p.keypoint_threshold:
-            return "keypoints"
+            return "keypoints"  # nominated by votes and verified
         hashed = dist is not None and (
             dist <= p.phash_strong
             or (dist <= p.phash_weak and score >= threshold - p.borderline_margin)
         )
+        if verify.applies and (hashed or layout.candidate) and not layout.blind:
+            # A verifiable candidate's keypoints decide first: most candidates are other
+            # pictures, refuted by their keypoints before any layout is aligned.
+            found = verify.run()
+            if found is not None and found >= p.keypoint_threshold:
+                return "keypoints"
+            if found is not None and found < p.keypoint_floor:
+                return None
         if not (hashed or layout.possible):
             return None
         aligned = layout.score()
@@ -734,6 +745,11 @@ class _Layout:
         self.pixels = pixels
         self.value: float | None = None
         self._done = False
+
+    @property
+    def candidate(self) -> bool:
+        """The entry was nominated for pixel comparison."""
+        return self.flagged is not None
 
     @property
     def blind(self) -> bool:

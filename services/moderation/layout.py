@@ -29,7 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 
 import numpy as np
 from PIL import Image
@@ -189,6 +189,11 @@ class _View:
     grey: bool
     backdrop: np.ndarray | None  # mean normalised colour of the background, if it shows
 
+    @cached_property
+    def coarse(self) -> tuple[np.ndarray, ...]:
+        """Grids of the view and its mirror at every coarse box, once per query."""
+        return _coarse_grids(self)
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -268,15 +273,26 @@ def _score(query: _View, target: _View) -> float | None:
             return 0.0  # the same shapes on another backdrop: a new photo, not a copy
     # Either picture may hold more around the content than the other (a crop cut into
     # one; a caption or a shadow widened the other's box): align both ways.
-    return max(_aligned(query, target, grey), _aligned(target, query, grey))
+    # The query's coarse grids are kept (it is compared with several entries); an
+    # entry's are not (a large flagged set would hold hundreds of KB each).
+    return max(
+        _aligned(query, target, grey, _coarse_grids(target)),
+        _aligned(target, query, grey, query.coarse),
+    )
 
 
-def _aligned(query: _View, target: _View, grey: bool) -> float:
-    """The best agreement of the whole ``query`` with a crop of ``target`` or its mirror."""
-    boxes, index = _coarse()
+def _coarse_grids(view: _View) -> tuple[np.ndarray, ...]:
+    _, index = _coarse()
+    return tuple(_grid(ii, index) for ii in view.views)
+
+
+def _aligned(query: _View, target: _View, grey: bool, coarse: tuple[np.ndarray, ...]) -> float:
+    """The best agreement of the whole ``query`` with a crop of ``target`` or its mirror
+    (``coarse``: the target views' grids at every coarse box)."""
+    boxes, _ = _coarse()
     best = 0.0
-    for ii in target.views:
-        scores = _agreement(query.grid, _grid(ii, index), grey)
+    for ii, grids in zip(target.views, coarse, strict=True):
+        scores = _agreement(query.grid, grids, grey)
         centre, top = boxes[int(scores.argmax())], float(scores.max())
         for step in _REFINE:
             candidates = centre[None, :] + _NUDGES * step
