@@ -9,7 +9,11 @@ ViT-B/32-architecture CLIP, the production default's compute), on the same JPEG 
 - ``worker pipeline``: image.uploaded events -> decode -> embed in batches -> upsert
   (``Pipeline.ingest_events``, the code the Celery workers run, fed by the in-process queue).
 
-Run: ``.venv/bin/python -m bench.ingest [--images N] [--models tiny,vitb32]``
+Each under every inference runtime asked for (``--runtimes``, ``SIGHTLINE_RUNTIME``: torch,
+onnx, onnx-int8); ratios are against torch's batched encode measured in the same run, and
+the pipeline's also against its own runtime's batched encode.
+
+Run: ``.venv/bin/python -m bench.ingest [--images N] [--models tiny,vitb32] [--runtimes ...]``
 """
 
 from __future__ import annotations
@@ -39,31 +43,40 @@ from services.settings import Settings
 BATCH = 32
 
 
-def bench_model(kind: str, photos: list[bytes], repeat: int) -> list[list[str]]:
+def bench_model(
+    kind: str, photos: list[bytes], repeat: int, runtimes: list[str], threads: int | None
+) -> list[list[str]]:
+    """Rows for one model: per runtime, its batched encode and the worker pipeline on it
+    (and, for torch, the naive loop); ratios against torch's batched encode and, for the
+    pipeline, against its own runtime's."""
     path = build_model(kind)
-    encoder = Encoder(str(path), batch_size=BATCH)
-    encoder.load()
-    model = encoder._model
     decoded = [Image.open(io.BytesIO(p)).convert("RGB") for p in photos]
     warmup = product_photos(BATCH, seed=99)
-    model.encode([Image.open(io.BytesIO(p)).convert("RGB") for p in warmup], batch_size=BATCH)
-
-    def plain() -> None:
-        model.encode(decoded, batch_size=BATCH, normalize_embeddings=True)
-
+    warm = [Image.open(io.BytesIO(p)).convert("RGB") for p in warmup]
+    encoders = {}
+    for name in runtimes:
+        encoder = Encoder(
+            str(path), batch_size=BATCH, runtime=name, onnx_cache=OUT / "onnx", threads=threads
+        )
+        encoder.load()  # exports and gates the ONNX towers on the first run
+        if encoder.runtime_active.value != name:
+            raise SystemExit(f"{name}: {encoder.runtime_note}")
+        encoder.encode_images(warm)
+        encoders[name] = encoder
     work = OUT / "work" / kind
     shutil.rmtree(work, ignore_errors=True)
+    torch_encoder = encoders.get("torch") or next(iter(encoders.values()))
 
     def naive() -> None:
         index = EdgeIndex(work / "naive" / uuid.uuid4().hex)
-        index.ensure_collection("images", encoder.identity)
+        index.ensure_collection("images", torch_encoder.identity)
         for data in photos:
             img = Image.open(io.BytesIO(data)).convert("RGB")
-            vec = model.encode([img], normalize_embeddings=True)[0]
+            vec = torch_encoder.encode_images([img])[0]
             index.upsert("images", [PointData(str(uuid.uuid4()), np.asarray(vec), {})])
         index.close()
 
-    def pipeline() -> None:
+    def pipeline(encoder: Encoder) -> float:
         settings = Settings(
             data_dir=work / "pipe" / uuid.uuid4().hex, model=str(path), batch_size=BATCH
         )
@@ -74,31 +87,46 @@ def bench_model(kind: str, photos: list[bytes], repeat: int) -> list[list[str]]:
         # per-thread pools), on other images so the timed run skips nothing.
         _run_job(runtime, [runtime.store.put(p) for p in warmup])
         ids = [runtime.store.put(p) for p in photos]  # uploaded: bytes stored, events next
-        runs["pipeline"].append(timed(lambda: _run_job(runtime, ids)))
+        took = timed(lambda: _run_job(runtime, ids))
         runtime.close()
+        return took
 
-    # Interleave the two fast methods so drift in machine load hits both alike.
-    runs: dict[str, list[float]] = {"plain": [], "pipeline": []}
+    # Interleave every method so drift in machine load hits all alike.
+    runs: dict[tuple[str, str], list[float]] = {}
     for _ in range(repeat):
-        runs["plain"].append(timed(plain))
-        pipeline()
+        for name, encoder in encoders.items():
+            runs.setdefault((name, "plain"), []).append(
+                timed(lambda e=encoder: e.encode_images(decoded))  # type: ignore[misc]
+            )
+            runs.setdefault((name, "pipeline"), []).append(pipeline(encoder))
     timing = {key: statistics.median(values) for key, values in runs.items()}
-    timing["naive"] = timed(naive)
+    if "torch" in encoders:
+        timing[("torch", "naive")] = timed(naive)
     n = len(photos)
-    base = n / timing["plain"]
+    base = n / timing.get(("torch", "plain"), timing[(runtimes[0], "plain")])
     rows = []
-    for label, key in (
-        ("encode (batched)", "plain"),
-        ("naive loop", "naive"),
-        ("worker pipeline", "pipeline"),
-    ):
-        rate = n / timing[key]
-        rows.append(
-            [kind, label, f"{n}", f"{timing[key]:.2f}", f"{rate:.1f}", f"{rate / base:.2f}x"]
-        )
-    rows.append(
-        [kind, "pipeline / naive", "", "", "", f"{timing['naive'] / timing['pipeline']:.2f}x"]
-    )
+    for name in encoders:
+        own = n / timing[(name, "plain")]
+        for label, key in (
+            ("encode (batched)", "plain"),
+            ("naive loop", "naive"),
+            ("worker pipeline", "pipeline"),
+        ):
+            if (name, key) not in timing:
+                continue
+            rate = n / timing[(name, key)]
+            rows.append(
+                [
+                    kind,
+                    name,
+                    label,
+                    f"{n}",
+                    f"{timing[(name, key)]:.2f}",
+                    f"{rate:.1f}",
+                    f"{rate / base:.2f}x",
+                    f"{rate / own:.2f}x",
+                ]
+            )
     return rows
 
 
@@ -116,24 +144,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="tiny,vitb32")
     parser.add_argument("--images", type=int, default=0, help="default: 512 tiny, 96 vitb32")
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: all cores)"
+        "--threads", type=int, default=None, help="inference threads (default: all cores)"
+    )
+    parser.add_argument(
+        "--runtimes",
+        default="torch,onnx,onnx-int8",
+        help="SIGHTLINE_RUNTIME values to compare (torch is the baseline)",
     )
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs (median)")
     args = parser.parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     rows = []
+    runtimes = args.runtimes.split(",")
     for kind in args.models.split(","):
         n = args.images or (512 if kind == "tiny" else 96)
-        rows.extend(bench_model(kind, product_photos(n, seed=1), args.repeat))
+        rows.extend(
+            bench_model(kind, product_photos(n, seed=1), args.repeat, runtimes, args.threads)
+        )
         print(f"done: {kind}", file=sys.stderr)
     print(
         f"ingest throughput, {os.cpu_count()} CPU cores, JPEG 640x480, model batch {BATCH}, "
-        f"median of {args.repeat} interleaved runs (naive: 1 run)"
+        f"median of {args.repeat} interleaved runs (naive: 1 run, torch)"
     )
-    print(table(rows, ["model", "method", "images", "seconds", "images/s", "vs batched encode"]))
+    header = ["model", "runtime", "method", "images", "seconds", "images/s"]
+    print(table(rows, [*header, "vs torch batched", "vs own batched"]))
     return 0
 
 

@@ -155,6 +155,9 @@ def info(as_json: JsonOpt = False) -> None:
         "vector_size": identity.size,
         "distance": identity.distance,
         "family": runtime.encoder.family.value,
+        "runtime": runtime.encoder.runtime_active.value,
+        "runtime_note": runtime.encoder.runtime_note or None,
+        "threads": runtime.settings.inference_threads,
         "logit_scale": round(runtime.encoder.logit_scale, 4),
         "logit_bias": runtime.encoder.logit_bias,
         "index_backend": runtime.settings.index.backend.value,
@@ -213,6 +216,9 @@ def worker(
     if not settings.queue.broker_url:
         raise ConfigError("a worker needs SIGHTLINE_QUEUE__BROKER_URL (a redis:// URL)")
     names = [q.strip() for q in queues.split(",") if q.strip()]
+    # Each child (prefork) or thread (threads pool) may encode at once: share the cores
+    # among them (SIGHTLINE_THREADS or SIGHTLINE_PROCESSES set by hand win).
+    os.environ.setdefault("SIGHTLINE_PROCESSES", str(1 if pool == "solo" else concurrency))
     prefetch = settings.ingest_batch_size if INGEST_QUEUE in names else 1
     # The worker is Celery's own program over workers.celery_app (which reads the same
     # settings from the environment); exec keeps this process id for supervisors.

@@ -14,6 +14,9 @@ import os
 bind = os.environ.get("SIGHTLINE_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("SIGHTLINE_WEB_WORKERS", max(1, multiprocessing.cpu_count() // 2)))
 threads = int(os.environ.get("SIGHTLINE_WEB_THREADS", 4))
+# Each worker's model gets the cores divided by the workers (Settings.inference_threads),
+# so W workers never run more inference threads than the host has cores.
+os.environ.setdefault("SIGHTLINE_PROCESSES", str(workers))
 worker_class = "gthread"
 preload_app = False
 timeout = 60

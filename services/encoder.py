@@ -7,6 +7,7 @@ constructing never touches weights and tests can build an Encoder for a tiny loc
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
 import time
@@ -20,6 +21,10 @@ import numpy as np
 from PIL import Image
 
 from services.errors import InvalidQuery, ModelUnavailable
+from services.onnx_towers import GateFailed, InferenceRuntime, Towers
+from services.onnx_towers import prepare as prepare_towers
+
+log = logging.getLogger(__name__)
 
 _FINGERPRINT_BYTES = 1 << 20
 
@@ -135,8 +140,18 @@ class Encoder:
         cache_dir: Path | None = None,
         text_model: str | None = None,
         trust_remote_code: bool = False,
+        runtime: str = "torch",
+        onnx_cache: Path | None = None,
+        threads: int | None = None,
     ) -> None:
         self.model_name = model_name
+        self.runtime = InferenceRuntime(runtime)
+        self.onnx_cache = onnx_cache
+        self.threads = threads
+        self._towers: Towers | None = None
+        # What actually runs (a runtime that fails its gate falls back), and why.
+        self.runtime_active = InferenceRuntime.TORCH
+        self.runtime_note = ""
         self.text_model_name = text_model
         self.trust_remote_code = trust_remote_code
         self._text_model: Any = None
@@ -169,6 +184,10 @@ class Encoder:
         with self._lock:
             if self._model is not None:
                 return
+            if self.threads:
+                import torch
+
+                torch.set_num_threads(self.threads)
             self._load_locked()
 
     def _load_locked(self) -> None:
@@ -206,8 +225,54 @@ class Encoder:
             # Both models shape the stored vectors: a collection built with another pair
             # is refused like one built with another model.
             model_id = f"{model_id}+text:{text_id}"
-        self._identity = ModelIdentity(model_id=model_id, size=int(dim))
         self._model = model
+        self._start_runtime(model_id)
+        if self.runtime_active is InferenceRuntime.ONNX_INT8:
+            # int8 weights give other vectors (cosine ~0.99 to fp32): a collection records
+            # which function made its vectors, so switching to or from int8 is a re-embed.
+            model_id = f"{model_id}#int8"
+        self._identity = ModelIdentity(model_id=model_id, size=int(dim))
+
+    def _start_runtime(self, model_id: str) -> None:
+        """Export, gate and open the ONNX towers when asked for; fall back (int8 to fp32
+        to torch) with the reason in ``runtime_note`` when a gate or export fails."""
+        if self.runtime is InferenceRuntime.TORCH:
+            return
+        cache = self.onnx_cache or Path.home() / ".cache" / "sightline" / "onnx"
+        threads = self.threads or 0  # 0: onnxruntime's default, one per core
+        notes = []
+        for runtime in (self.runtime, InferenceRuntime.ONNX):
+            try:
+                self._towers, _ = prepare_towers(
+                    self._model,
+                    model_id,
+                    runtime,
+                    cache,
+                    threads,
+                    self.device,
+                    self._text_model is None,
+                    self._torch_encode,
+                )
+            except (GateFailed, ModelUnavailable) as e:
+                notes.append(str(e))
+                if runtime is InferenceRuntime.ONNX:
+                    break
+                continue
+            self.runtime_active = runtime
+            break
+        self.runtime_note = "; ".join(notes)
+        if notes:
+            log.warning("%s; running on %s", self.runtime_note, self.runtime_active.value)
+
+    def _torch_encode(self, items: Sequence[Any], modality: str) -> np.ndarray:
+        vectors = self._model.encode(
+            list(items),
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)
 
     def _load_model(self, name: str) -> tuple[Any, str]:
         """A SentenceTransformer by hub name or local directory, and its identity."""
@@ -282,15 +347,21 @@ class Encoder:
         if not items:
             return np.zeros((0, self.identity.size), dtype=np.float32)
         started = time.perf_counter()
-        text = modality is Modality.TEXT and self._text_model is not None
-        model = self._text_model if text else self._model
-        vectors = model.encode(
-            list(items),
-            batch_size=self.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )
+        towers = self._towers
+        if towers is not None and modality is Modality.IMAGE:
+            vectors = towers.encode_images(list(items), self.batch_size)
+        elif towers is not None and towers.text is not None:
+            vectors = towers.encode_texts(list(items), self.batch_size)
+        else:
+            text = modality is Modality.TEXT and self._text_model is not None
+            model = self._text_model if text else self._model
+            vectors = model.encode(
+                list(items),
+                batch_size=self.batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
         if self.observer is not None:
             self.observer(modality, len(items), time.perf_counter() - started)
         return np.ascontiguousarray(vectors, dtype=np.float32)

@@ -145,6 +145,9 @@ def build_encoder(settings: Settings) -> Encoder:
         batch_size=settings.batch_size,
         text_model=settings.text_model,
         trust_remote_code=settings.trust_remote_code,
+        runtime=settings.runtime,
+        onnx_cache=settings.onnx_path,
+        threads=settings.inference_threads,
     )
 
 
@@ -274,7 +277,15 @@ def build_runtime(
         encoder, index, collections.flagged, settings.moderation, limits, flagged_originals
     )
     review = ReviewService(index, collections.images, store, thumbnails, flagged, audit)
-    search = SearchService(encoder, index, limits, collections.images, store, thumbnails)
+    search = SearchService(
+        encoder,
+        index,
+        limits,
+        collections.images,
+        store,
+        thumbnails,
+        settings.query_cache_size,
+    )
     indexer = Indexer(encoder, index, collections.images, thumbnails, tagger, flagged, audit)
     max_bytes = limits.max_bytes
     runtime = Runtime(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
@@ -219,6 +219,29 @@ class Settings(BaseSettings):
         "models you trust: their code runs with Sightline's permissions.",
     )
     device: str = Field(default="cpu", pattern=r"^(cpu|cuda(:\d+)?|mps)$")
+    runtime: Literal["torch", "onnx", "onnx-int8"] = Field(
+        default="torch",
+        description="What runs the model: torch, or onnxruntime (fp32, or int8 weights) on "
+        "towers exported once and gated against torch; a runtime that fails its gate falls "
+        "back and says why.",
+    )
+    onnx_cache: Path | None = Field(
+        default=None, description="Where ONNX exports are kept (default DATA_DIR/onnx)."
+    )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=512,
+        description="Intra-op threads per process for the model. Unset: this host's cores "
+        "divided by the processes that share them (SIGHTLINE_PROCESSES, set by gunicorn's "
+        "config and `sightline worker`).",
+    )
+    processes: int = Field(
+        default=1, ge=1, le=512, description="Processes on this host that each run the model."
+    )
+    query_cache_size: int = Field(
+        default=1024, ge=0, le=1_000_000, description="Text-query vectors kept per process."
+    )
     batch_size: int = Field(default=32, ge=1, le=1024, description="Images per model call.")
     index: IndexSettings = Field(default_factory=IndexSettings)
     images: ImageLimits = Field(default_factory=ImageLimits)
@@ -246,6 +269,21 @@ class Settings(BaseSettings):
     def ingest_batch_size(self) -> int:
         """Events a worker buffers before processing them together."""
         return self.queue.batch_size or 4 * self.batch_size
+
+    @property
+    def inference_threads(self) -> int:
+        """Threads for one process's model: the explicit setting, else the cores this
+        process may use divided by the processes sharing them, so N model processes on C
+        cores never run more than C threads together."""
+        if self.threads:
+            return self.threads
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        return max(1, (cores or os.cpu_count() or 1) // self.processes)
+
+    @property
+    def onnx_path(self) -> Path:
+        """Directory of ONNX exports."""
+        return self.onnx_cache or self.data_dir / "onnx"
 
     @property
     def embedded(self) -> bool:

@@ -81,11 +81,11 @@ def test_tag_scores_equal_the_transformers_pipeline(model_dirs: tuple[Path, Path
             assert p == pytest.approx(want[label], abs=1e-4), label
 
 
-def test_embeddings_equal_the_models_own_features(model_dirs: tuple[Path, Path]) -> None:
-    """The way the pipeline calls the model: SigLIP texts padded to max_length (64)."""
-    ours, theirs = model_dirs
-    images = _images()
-    texts = [TEMPLATE.format(label) for label in LABELS]
+def reference_features(
+    theirs: Path, texts: list[str], images: list[Image.Image]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unit text and image vectors from the model's own ``get_*_features``, called the way
+    the pipeline calls them: SigLIP texts padded to max_length (64)."""
     model = AutoModel.from_pretrained(str(theirs)).eval()
     processor = AutoProcessor.from_pretrained(str(theirs))
     padding: dict[str, object] = {"padding": True}
@@ -98,8 +98,17 @@ def test_embeddings_equal_the_models_own_features(model_dirs: tuple[Path, Path])
         want_image = model.get_image_features(**image_inputs)
     want_text = getattr(want_text, "pooler_output", want_text)
     want_image = getattr(want_image, "pooler_output", want_image)
-    want_text = torch.nn.functional.normalize(want_text, dim=-1).numpy()
-    want_image = torch.nn.functional.normalize(want_image, dim=-1).numpy()
+    return (
+        torch.nn.functional.normalize(want_text, dim=-1).numpy(),
+        torch.nn.functional.normalize(want_image, dim=-1).numpy(),
+    )
+
+
+def test_embeddings_equal_the_models_own_features(model_dirs: tuple[Path, Path]) -> None:
+    ours, theirs = model_dirs
+    images = _images()
+    texts = [TEMPLATE.format(label) for label in LABELS]
+    want_text, want_image = reference_features(theirs, texts, images)
     encoder = Encoder(str(ours), batch_size=4)
     assert np.allclose(encoder.encode_texts(texts), want_text, atol=1e-5)
     assert np.allclose(encoder.encode_images(images), want_image, atol=1e-5)

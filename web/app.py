@@ -103,6 +103,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     runtime.encoder.observer = metrics.observe_embedding
     images = runtime.collections.images
     metrics.gauge(metrics.index_size, images, lambda: float(runtime.index.count(images)))
+    metrics.query_cache(runtime.search.queries.info)
     if not runtime.local:
 
         def depth(queue: str) -> Callable[[], float]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from flask import Flask, Response, g, request
 from prometheus_client import (
@@ -14,8 +14,28 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from services.encoder import Modality
+from services.search.query_cache import CacheInfo
+
+
+class QueryCacheCollector(Collector):
+    """The text-query cache's counters, read at scrape time (the cache keeps its own)."""
+
+    def __init__(self, read: Callable[[], CacheInfo]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterable[Metric]:
+        info = self.read()
+        yield CounterMetricFamily(
+            "sightline_query_cache_hits", "Text queries answered from the cache.", info.hits
+        )
+        yield CounterMetricFamily(
+            "sightline_query_cache_misses", "Text queries that were encoded.", info.misses
+        )
+        yield GaugeMetricFamily("sightline_query_cache_entries", "Query vectors held.", info.size)
 
 
 class Metrics:
@@ -66,6 +86,10 @@ class Metrics:
         """Encoder observer."""
         self.embedding.labels(modality.value).observe(seconds)
         self.embedded_items.labels(modality.value).inc(items)
+
+    def query_cache(self, read: Callable[[], CacheInfo]) -> None:
+        """Export the text-query cache's hits, misses and size."""
+        self.registry.register(QueryCacheCollector(read))
 
     def gauge(self, gauge: Gauge, label: str, read: Callable[[], float]) -> None:
         """A gauge read at scrape time."""

@@ -18,6 +18,7 @@ from services.ids import is_image_id, point_id
 from services.images import decode_image
 from services.index.base import Hit, PayloadFilter, Record, VectorIndex
 from services.payload import can_see, shape_for, visible_filter
+from services.search.query_cache import QueryVectors
 from services.settings import ImageLimits
 from services.storage.files import ImageStore
 from services.storage.thumbnails import ThumbnailStore
@@ -45,8 +46,10 @@ class SearchService:
         collection: str,
         store: ImageStore,
         thumbnails: ThumbnailStore,
+        query_cache_size: int = 1024,
     ) -> None:
         self.encoder = encoder
+        self.queries = QueryVectors(encoder, query_cache_size)
         self.index = index
         self.limits = limits
         self.collection = collection
@@ -115,7 +118,7 @@ class SearchService:
         n = self._check_k(k, offset)
         if not query.strip():
             raise InvalidQuery("the query text is empty")
-        vector = self.encoder.encode_texts([query])[0]
+        vector = self.queries.vector(query)
         flt = visible_filter(caller, flt)
         hits = self.index.search(self.collection, vector, n, flt, group_by)
         return self._hits(caller, hits[offset:])
