@@ -162,6 +162,9 @@ def test_model_identity_is_enforced(index: VectorIndex) -> None:
         index.ensure_collection("images", ModelIdentity("another-model", DIM))
     with pytest.raises(ModelMismatch, match="16-d"):
         index.ensure_collection("images", ModelIdentity("test-model", 32))
+    # The same model with int8 weights makes other vectors: refused, and the runtime named.
+    with pytest.raises(ModelMismatch, match="SIGHTLINE_RUNTIME=torch or onnx as it was built"):
+        index.ensure_collection("images", ModelIdentity("test-model#int8", DIM))
     assert "images" in index.list_collections()
 
 

@@ -110,11 +110,16 @@ def check_identity(name: str, stored: ModelIdentity | None, wanted: ModelIdentit
             f"collection {name!r} records no model identity; it was not created by Sightline"
         )
     if stored != wanted:
+        hint = "load the original model"
+        if stored.model_id.removesuffix("#int8") == wanted.model_id.removesuffix("#int8"):
+            # The same model under another runtime: int8 vectors are a collection's own.
+            runtime = "onnx-int8" if stored.model_id.endswith("#int8") else "torch or onnx"
+            hint = f"run with SIGHTLINE_RUNTIME={runtime} as it was built"
         raise ModelMismatch(
             f"collection {name!r} was built with model {stored.model_id!r} "
             f"({stored.size}-d, {stored.distance}); the loaded model is {wanted.model_id!r} "
             f"({wanted.size}-d, {wanted.distance}). Re-embed into a new collection "
-            "(set SIGHTLINE_INDEX__COLLECTION_PREFIX) or load the original model."
+            f"(set SIGHTLINE_INDEX__COLLECTION_PREFIX) or {hint}."
         )
 
 

@@ -417,7 +417,17 @@ class Pipeline:
     def reembed(self, job_id: str, model: str, prefix: str, switch: bool, by: str = "") -> None:
         """Re-embed every image with ``model`` into collections under ``prefix``."""
         current = self.indexer.encoder
-        target = Encoder(model, device=current.device, batch_size=current.batch_size)
+        # The same runtime as the current model's: re-embedding under onnx-int8 makes int8
+        # vectors (a collection of their own identity).
+        target = Encoder(
+            model,
+            device=current.device,
+            batch_size=current.batch_size,
+            trust_remote_code=current.trust_remote_code,
+            runtime=current.runtime.value,
+            onnx_cache=current.onnx_cache,
+            threads=current.threads,
+        )
         index = self.indexer.index
         reembed(
             index=index,
