@@ -16,8 +16,15 @@ under ``--runtime`` (torch, onnx, onnx-int8). Text searches run with the query c
 A first table times one text query's encode under each runtime on the chosen model,
 against torch in the same run (``--runtimes``; ``--sizes ''`` prints only that table).
 
+``--quantization int8`` creates the collection with Qdrant scalar int8 quantization
+(rescored from the originals), ``--on-disk`` keeps the originals in mapped files; for each
+size it prints the build time and what the reopened index adds to the process's RSS,
+against the vectors' float32 size (the 1M run: ``--sizes 1000000 --quantization int8
+--on-disk``; a bench run, not CI: the HNSW build takes most of an hour on 2 cores).
+
 Run: ``.venv/bin/python -m bench.query [--sizes 10000,100000] [--queries 200]
-[--model tiny512|vitb32] [--runtime onnx-int8] [--runtimes torch,onnx,onnx-int8]``
+[--model tiny512|vitb32] [--runtime onnx-int8] [--runtimes torch,onnx,onnx-int8]
+[--quantization int8] [--on-disk]``
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import shutil
 import sys
 import threading
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -39,9 +47,9 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 from bench.common import OUT, build_model, percentile, table
 from services.auth.apikeys import SqliteKeyStore
 from services.auth.principal import Scope, operator
-from services.encoder import Encoder
+from services.encoder import Encoder, ModelIdentity
 from services.ids import point_id
-from services.index.base import PointData
+from services.index.base import PointData, VectorStorage
 from services.index.edge import EdgeIndex
 from services.runtime import build_runtime
 from services.search.query_cache import QueryVectors
@@ -136,7 +144,40 @@ def bench_text_encode(model_dir: str, runtimes: list[str], queries: int) -> list
     ]
 
 
-def bench_size(n: int, queries: int, encoder: Encoder, model_dir: str, ef: int) -> list[list[str]]:
+def _rss_mb() -> dict[str, float]:
+    """This process's resident memory by kind (Linux): anonymous (heap) and file-backed
+    (memory-mapped files, reclaimable)."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("RssAnon", "RssFile"):
+                out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+def _index_memory(
+    path: Path, ef: int, storage: VectorStorage, identity: ModelIdentity, probes: np.ndarray
+) -> tuple[EdgeIndex, dict[str, float]]:
+    """Reopen the built index and search with it, measuring what it added to RSS."""
+    before = _rss_mb()
+    index = EdgeIndex(path, hnsw_ef=ef, storage=storage)
+    index.ensure_collection("images", identity)
+    for q in probes:
+        index.search("images", q, 10)
+    after = _rss_mb()
+    return index, {k: after[k] - before[k] for k in after}
+
+
+def bench_size(
+    n: int,
+    queries: int,
+    encoder: Encoder,
+    model_dir: str,
+    ef: int,
+    storage: VectorStorage,
+    notes: list[str],
+) -> list[list[str]]:
     work = OUT / "query" / str(n)
     shutil.rmtree(work, ignore_errors=True)
     settings = Settings(data_dir=work, model=model_dir, query_cache_size=0)
@@ -144,7 +185,7 @@ def bench_size(n: int, queries: int, encoder: Encoder, model_dir: str, ef: int) 
     settings.web.rate_limit = "1000000/minute"
     vectors, concepts = concept_clusters(encoder, n, seed=n)
     image_ids = [hashlib.sha256(f"img-{i}".encode()).hexdigest() for i in range(n)]
-    index = EdgeIndex(settings.index_path, hnsw_ef=ef)
+    index = EdgeIndex(settings.index_path, hnsw_ef=ef, storage=storage)
     index.ensure_collection("images", encoder.identity)
     t0 = time.perf_counter()
     for start in range(0, n, 2000):
@@ -164,6 +205,32 @@ def bench_size(n: int, queries: int, encoder: Encoder, model_dir: str, ef: int) 
     index.optimize("images")
     build_s = time.perf_counter() - t0
     print(f"{n}: upsert {upsert_s:.1f}s, HNSW build {build_s:.1f}s", file=sys.stderr)
+    index.close()
+    probes = vectors[np.random.default_rng(2).integers(0, n, 200)]
+    index, grown = _index_memory(settings.index_path, ef, storage, encoder.identity, probes)
+    float32_mb = n * vectors.shape[1] * 4 / 2**20
+    segments = settings.index_path / "images" / "shard" / "segments"
+
+    def size_mb(pattern: str) -> float:
+        return sum(f.stat().st_size for f in segments.glob(pattern)) / 2**20
+
+    quantized, links = size_mb("*/vector_storage/quantized*"), size_mb("*/vector_index/*")
+    originals = size_mb("*/vector_storage/matrix.dat") + size_mb("*/vector_storage/vectors/*")
+    resident = (quantized if quantized else originals) + links
+    notes.append(
+        f"{n}: files: original vectors {originals:.0f} MB ("
+        + ("on disk, read only to rescore" if storage.on_disk else "held in RAM")
+        + f"), int8 copy {quantized:.0f} MB, HNSW links {links:.0f} MB; vector RAM "
+        f"(what searches keep resident: the int8 copy or the originals, and the links) "
+        f"{resident:.0f} MB = {resident / float32_mb:.0%} of float32"
+    )
+    notes.append(
+        f"{n}: upsert {upsert_s:.0f} s, HNSW build {build_s:.0f} s; the reopened index after "
+        f"200 searches added {grown['RssAnon']:.0f} MB anonymous RSS "
+        f"({grown['RssAnon'] / float32_mb:.0%} of the {float32_mb:.0f} MB the vectors take as "
+        f"float32; {grown['RssAnon'] / n * 1e6:.0f} MB per million) and "
+        f"{grown['RssFile']:.0f} MB of mapped files"
+    )
 
     runtime = build_runtime(
         settings, encoder=encoder, index=index, keys=SqliteKeyStore(work / "keys.db")
@@ -237,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--ef", type=int, default=512, help="HNSW ef at search time")
     parser.add_argument("--model", choices=["tiny512", "vitb32"], default="tiny512")
+    parser.add_argument("--quantization", choices=["none", "int8"], default="none")
+    parser.add_argument("--on-disk", action="store_true", help="original vectors on disk")
+    parser.add_argument("--oversampling", type=float, default=2.0)
     parser.add_argument("--runtime", default="torch", help="runtime serving the HTTP queries")
     parser.add_argument("--runtimes", default="torch,onnx,onnx-int8", help="text encode table")
     args = parser.parse_args(argv)
@@ -251,14 +321,20 @@ def main(argv: list[str] | None = None) -> int:
     encoder = Encoder(model_dir, runtime=args.runtime, onnx_cache=OUT / "onnx")
     encoder.load()
     rows: list[list[str]] = []
+    notes: list[str] = []
+    storage = VectorStorage(args.quantization, args.on_disk, args.oversampling)
     for n in (int(x) for x in args.sizes.split(",")):
-        rows.extend(bench_size(n, args.queries, encoder, model_dir, args.ef))
+        rows.extend(bench_size(n, args.queries, encoder, model_dir, args.ef, storage, notes))
     print(
         f"\nquery latency, {os.cpu_count()} CPU cores, model {args.model} text tower on "
         f"{encoder.runtime_active.value}, 512-d, k=10, hnsw_ef={args.ef}, {args.queries} "
-        "queries each"
+        f"queries each; vectors: {args.quantization} quantization"
+        + (f" (oversampling {args.oversampling})" if args.quantization != "none" else "")
+        + (", originals on disk" if args.on_disk else ", in RAM")
     )
     print(table(rows, ["vectors", "method", "p50 ms", "p99 ms", "p50 vs brute", "recall@10"]))
+    for note in notes:
+        print(note)
     return 0
 
 

@@ -20,7 +20,7 @@ from services.auth.apikeys import KeyStore, RedisKeyStore, SqliteKeyStore
 from services.auth.service import AccessService
 from services.encoder import Encoder
 from services.errors import ConfigError, SightlineError, Unavailable
-from services.index.base import VectorIndex
+from services.index.base import VectorIndex, VectorStorage
 from services.ingest.indexer import Indexer, Ingestor
 from services.ingest.pipeline import Pipeline
 from services.ingest.uploads import UploadService
@@ -67,6 +67,9 @@ class Collections:
 
 def build_index(settings: Settings) -> VectorIndex:
     """The configured index adapter (the client libraries are imported only when chosen)."""
+    storage = VectorStorage(
+        settings.index.quantization, settings.index.vectors_on_disk, settings.index.oversampling
+    )
     if settings.index.backend is IndexBackend.SERVER:
         from qdrant_client import QdrantClient
 
@@ -76,10 +79,10 @@ def build_index(settings: Settings) -> VectorIndex:
         client = QdrantClient(
             url=settings.index.url, api_key=api_key, timeout=settings.index.timeout_s
         )
-        return ServerIndex(client, hnsw_ef=settings.index.hnsw_ef)
+        return ServerIndex(client, hnsw_ef=settings.index.hnsw_ef, storage=storage)
     from services.index.edge import EdgeIndex
 
-    return EdgeIndex(settings.index_path, hnsw_ef=settings.index.hnsw_ef)
+    return EdgeIndex(settings.index_path, hnsw_ef=settings.index.hnsw_ef, storage=storage)
 
 
 @functools.cache

@@ -54,6 +54,17 @@ class IndexSettings(BaseModel):
         description="Search-time HNSW ef; text queries sit off the image clusters (the "
         "modality gap) and need a wide beam for recall@10 >= 0.95.",
     )
+    quantization: Literal["none", "int8"] = Field(
+        default="none",
+        description="Scalar int8 quantization of new collections' vectors (a quarter of the "
+        "RAM; candidates rescored with the originals).",
+    )
+    vectors_on_disk: bool = Field(
+        default=False, description="New collections keep original vectors in mmapped files."
+    )
+    oversampling: float = Field(
+        default=2.0, ge=1.0, le=16.0, description="Candidates rescored per result (int8)."
+    )
 
     @model_validator(mode="after")
     def _server_needs_url(self) -> IndexSettings:

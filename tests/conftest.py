@@ -20,7 +20,7 @@ from qdrant_client import QdrantClient
 from demo.tiny_model import build_tiny_clip
 from services.auth.principal import Principal, Scope, operator
 from services.encoder import Encoder
-from services.index.base import VectorIndex
+from services.index.base import VectorIndex, VectorStorage
 from services.index.edge import EdgeIndex
 from services.index.server import ServerIndex
 from services.runtime import Runtime, build_runtime
@@ -64,12 +64,12 @@ def encoder(tiny_model_dir: Path) -> Encoder:
     return enc
 
 
-def make_index(kind: str, path: Path) -> VectorIndex:
+def make_index(kind: str, path: Path, storage: VectorStorage | None = None) -> VectorIndex:
     """An index adapter of the given kind storing under ``path``."""
     if kind == "embedded":
-        return EdgeIndex(path / "edge")
+        return EdgeIndex(path / "edge", storage=storage)
     # The server adapter through qdrant-client's local mode: same client API as a server.
-    return ServerIndex(QdrantClient(path=str(path / "qdrant-local")))
+    return ServerIndex(QdrantClient(path=str(path / "qdrant-local")), storage=storage)
 
 
 @pytest.fixture(params=INDEX_KINDS)

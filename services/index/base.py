@@ -25,6 +25,29 @@ PayloadValue = str | int
 # (bench/query.py measures it).
 HNSW_M = 32
 HNSW_EF_CONSTRUCT = 256
+
+
+@dataclass(frozen=True)
+class VectorStorage:
+    """How a new collection keeps its vectors (existing collections keep theirs).
+
+    ``int8``: Qdrant scalar quantization, one byte per dimension held in RAM (a quarter of
+    float32) for the HNSW walk; the best ``oversampling`` * k candidates are then rescored
+    with the original vectors, so rankings stay those of float32. ``on_disk``: the
+    originals live in memory-mapped files and only the rescored few are read, so vector RAM
+    is the int8 copy alone.
+    """
+
+    quantization: str = "none"  # none | int8
+    on_disk: bool = False
+    oversampling: float = 2.0
+
+    @property
+    def quantized(self) -> bool:
+        """Scalar int8 quantization is on."""
+        return self.quantization == "int8"
+
+
 Vector = Sequence[float] | np.ndarray
 
 

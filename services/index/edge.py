@@ -32,6 +32,7 @@ from services.index.base import (
     Record,
     Vector,
     VectorIndex,
+    VectorStorage,
     best_per_group,
     check_identity,
     identity_from_dict,
@@ -80,9 +81,12 @@ def _record(r: Any, with_vectors: bool) -> Record:
 class EdgeIndex(VectorIndex):
     """Collections as Qdrant Edge shards under one directory."""
 
-    def __init__(self, root: Path, hnsw_ef: int = 512) -> None:
+    def __init__(
+        self, root: Path, hnsw_ef: int = 512, storage: VectorStorage | None = None
+    ) -> None:
         self.root = Path(root)
         self.hnsw_ef = hnsw_ef
+        self.storage = storage or VectorStorage()
         self._shards: dict[str, qe.EdgeShard] = {}
         self._lock = threading.RLock()
 
@@ -124,11 +128,23 @@ class EdgeIndex(VectorIndex):
                 return
             directory = self._dir(name)
             directory.mkdir(parents=True, exist_ok=True)
+            quantization = (
+                qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
+                if self.storage.quantized
+                else None
+            )
             config = qe.EdgeConfig(
-                vectors={"": qe.EdgeVectorParams(size=identity.size, distance=qe.Distance.Cosine)},
+                vectors={
+                    "": qe.EdgeVectorParams(
+                        size=identity.size,
+                        distance=qe.Distance.Cosine,
+                        on_disk=self.storage.on_disk or None,
+                    )
+                },
                 hnsw_config=qe.HnswIndexConfig(
                     m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=10_000
                 ),
+                quantization_config=quantization,
             )
             try:
                 shard = qe.EdgeShard.create(str(directory / "shard"), config)
@@ -223,7 +239,14 @@ class EdgeIndex(VectorIndex):
             query=query,
             filter=_edge_filter(flt),
             with_payload=True,
-            params=qe.SearchParams(hnsw_ef=max(self.hnsw_ef, limit)),
+            params=qe.SearchParams(
+                hnsw_ef=max(self.hnsw_ef, limit),
+                quantization=qe.QuantizationSearchParams(
+                    rescore=True, oversampling=self.storage.oversampling
+                )
+                if self.storage.quantized
+                else None,
+            ),
         )
         with self._lock:
             found = self._open(name).query(request)

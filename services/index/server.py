@@ -24,6 +24,7 @@ from services.index.base import (
     Record,
     Vector,
     VectorIndex,
+    VectorStorage,
     check_identity,
     identity_from_dict,
 )
@@ -72,9 +73,12 @@ def _hits(points: Sequence[Any]) -> list[Hit]:
 class ServerIndex(VectorIndex):
     """Collections on a Qdrant server, through an injected ``QdrantClient``."""
 
-    def __init__(self, client: QdrantClient, hnsw_ef: int = 512) -> None:
+    def __init__(
+        self, client: QdrantClient, hnsw_ef: int = 512, storage: VectorStorage | None = None
+    ) -> None:
         self.client = client
         self.hnsw_ef = hnsw_ef
+        self.storage = storage or VectorStorage()
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a client call, mapping transport failures to IndexUnavailable."""
@@ -108,8 +112,19 @@ class ServerIndex(VectorIndex):
             "create_collection",
             self.client.create_collection,
             name,
-            vectors_config=models.VectorParams(size=identity.size, distance=models.Distance.COSINE),
+            vectors_config=models.VectorParams(
+                size=identity.size,
+                distance=models.Distance.COSINE,
+                on_disk=self.storage.on_disk or None,
+            ),
             hnsw_config=models.HnswConfigDiff(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT),
+            quantization_config=models.ScalarQuantization(
+                scalar=models.ScalarQuantizationConfig(
+                    type=models.ScalarType.INT8, quantile=0.99, always_ram=True
+                )
+            )
+            if self.storage.quantized
+            else None,
             metadata=identity.as_dict(),
         )
 
@@ -196,7 +211,14 @@ class ServerIndex(VectorIndex):
     def _ranked(
         self, name: str, query: Any, k: int, flt: PayloadFilter | None, group_by: str | None
     ) -> list[Hit]:
-        params = models.SearchParams(hnsw_ef=max(self.hnsw_ef, k))
+        params = models.SearchParams(
+            hnsw_ef=max(self.hnsw_ef, k),
+            quantization=models.QuantizationSearchParams(
+                rescore=True, oversampling=self.storage.oversampling
+            )
+            if self.storage.quantized
+            else None,
+        )
         if group_by is None:
             response = self._call(
                 "query_points",
