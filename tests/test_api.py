@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -359,6 +360,27 @@ def test_health_ready_metrics(
     assert "sightline_query_cache_misses_total 1.0" in text
     assert before in text.splitlines()  # nothing more was embedded
     assert 'sightline_index_points{collection="images"} 12.0' in text
+
+
+def test_embedded_session_secret_survives_a_restart(
+    tmp_path: Path, tiny_model_dir: Path, encoder: Encoder
+) -> None:
+    """No configured key: one is made under DATA_DIR (owner-only) and reused, so a session
+    signed before a restart is still valid after it."""
+    settings = Settings(data_dir=tmp_path / "d", model=str(tiny_model_dir))
+    first = create_app(settings, build_runtime(settings, dispatcher_for(settings), encoder=encoder))
+    signer = first.session_interface.get_signing_serializer(first)
+    assert signer is not None
+    cookie = signer.dumps({"user": "ada"})
+    runtime_of(first).close()
+    second = create_app(
+        settings, build_runtime(settings, dispatcher_for(settings), encoder=encoder)
+    )
+    again = second.session_interface.get_signing_serializer(second)
+    assert again is not None and again.loads(cookie) == {"user": "ada"}
+    path = settings.data_dir / "session.secret"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and len(path.read_text()) == 64
+    runtime_of(second).close()
 
 
 def test_not_ready_when_broker_down_and_secret_required(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
@@ -17,6 +16,7 @@ from services.errors import ConfigError
 from services.jobs.kinds import QUEUES
 from services.runtime import Runtime, build_runtime
 from services.settings import Settings, load_settings
+from services.storage.secret import session_secret
 from web import admin, api, health, moderation_api
 from web.endpoint import verified_key
 from web.errors import register_error_handlers
@@ -90,7 +90,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops
         )
     app.config.update(
-        SECRET_KEY=secret or secrets.token_hex(32),  # embedded demo: per-process key
+        # Single process: a key kept under DATA_DIR, so a restart signs nobody out.
+        SECRET_KEY=secret or session_secret(settings.data_dir),
         MAX_CONTENT_LENGTH=settings.web.max_request_bytes,
         JSON_SORT_KEYS=False,
         SESSION_COOKIE_HTTPONLY=True,
