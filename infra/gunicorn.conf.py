@@ -10,6 +10,8 @@ load happens once at start anyway.
 
 import multiprocessing
 import os
+import shutil
+import tempfile
 
 bind = os.environ.get("SIGHTLINE_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("SIGHTLINE_WEB_WORKERS", max(1, multiprocessing.cpu_count() // 2)))
@@ -29,3 +31,22 @@ errorlog = "-"
 # Trust X-Forwarded-Proto from the reverse proxy so HSTS is sent on TLS connections.
 forwarded_allow_ips = os.environ.get("SIGHTLINE_FORWARDED_ALLOW_IPS", "127.0.0.1")
 secure_scheme_headers = {"X-FORWARDED-PROTO": "https"}
+
+# Prometheus multiprocess mode: each worker writes its counters and histograms to files
+# here and /metrics, answered by any worker, sums them all. Set before the workers import
+# prometheus_client (the app is loaded after fork); emptied at start, so a restart does
+# not inherit the last run's counts.
+metrics_dir = os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="sightline-metrics-")
+)
+
+
+def on_starting(server):  # type: ignore[no-untyped-def]
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    os.makedirs(metrics_dir, exist_ok=True)
+
+
+def child_exit(server, worker):  # type: ignore[no-untyped-def]
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # its live gauges stop counting

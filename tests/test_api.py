@@ -350,14 +350,14 @@ def test_health_ready_metrics(
     )
     assert 'sightline_http_request_seconds_count{method="GET",route="/api/v1/search"} 1.0' in text
     assert 'sightline_embedding_seconds_count{modality="text"}' in text
-    assert "sightline_query_cache_misses_total 1.0" in text
+    assert 'sightline_query_cache_total{result="miss"} 1.0' in text
     # The same query, spaced differently, is answered from the text-query cache.
     embedded = 'sightline_embedded_items_total{modality="text"}'
     before = next(line for line in text.splitlines() if line.startswith(embedded))
     client.get("/api/v1/search?q=%20x%20%20", headers=auth(tokens["search"]))
     text = client.get("/metrics").get_data(as_text=True)
-    assert "sightline_query_cache_hits_total 1.0" in text
-    assert "sightline_query_cache_misses_total 1.0" in text
+    assert 'sightline_query_cache_total{result="hit"} 1.0' in text
+    assert 'sightline_query_cache_total{result="miss"} 1.0' in text
     assert before in text.splitlines()  # nothing more was embedded
     assert 'sightline_index_points{collection="images"} 12.0' in text
 

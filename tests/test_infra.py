@@ -83,6 +83,7 @@ def test_image_owns_its_volumes_and_context_leaves_out_local_state() -> None:
 def test_gunicorn_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     # The config shares the cores among its workers through SIGHTLINE_PROCESSES, but
     # leaves a value set by hand alone (monkeypatch restores it afterwards).
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/nonexistent/metrics")  # kept, restored
     monkeypatch.setenv("SIGHTLINE_WEB_WORKERS", "3")
     monkeypatch.setenv("SIGHTLINE_PROCESSES", "5")
     conf = runpy.run_path(str(INFRA / "gunicorn.conf.py"))

@@ -104,7 +104,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     runtime.encoder.observer = metrics.observe_embedding
     images = runtime.collections.images
     metrics.gauge(metrics.index_size, images, lambda: float(runtime.index.count(images)))
-    metrics.query_cache(runtime.search.queries.info)
+    runtime.search.queries.observer = metrics.observe_query
     if not runtime.local:
 
         def depth(queue: str) -> Callable[[], float]:

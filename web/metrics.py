@@ -1,47 +1,62 @@
-"""Prometheus metrics on a per-app registry (no global state, so apps and tests don't clash)."""
+"""Prometheus metrics on a per-app registry (no global state, so apps and tests don't clash).
+
+Under gunicorn every worker is a process with its own counters. With
+``PROMETHEUS_MULTIPROC_DIR`` set (``infra/gunicorn.conf.py`` sets it), prometheus_client
+keeps each process's counters and histograms in files there and a scrape, whichever
+worker answers it, sums them all. Gauges that read shared state (queue depth, index size)
+are read at scrape time, so any worker reports the same value.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from flask import Flask, Response, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from services.encoder import Modality
-from services.search.query_cache import CacheInfo
 
 
-class QueryCacheCollector(Collector):
-    """The text-query cache's counters, read at scrape time (the cache keeps its own)."""
+@dataclass
+class LiveGauge:
+    """A gauge whose values are read when scraped, one reader per label value."""
 
-    def __init__(self, read: Callable[[], CacheInfo]) -> None:
-        self.read = read
+    name: str
+    documentation: str
+    label: str
+    readers: dict[str, Callable[[], float]] = field(default_factory=dict)
+
+
+class _LiveCollector(Collector):
+    def __init__(self, gauges: Iterable[LiveGauge]) -> None:
+        self.gauges = list(gauges)
 
     def collect(self) -> Iterable[Metric]:
-        info = self.read()
-        yield CounterMetricFamily(
-            "sightline_query_cache_hits", "Text queries answered from the cache.", info.hits
-        )
-        yield CounterMetricFamily(
-            "sightline_query_cache_misses", "Text queries that were encoded.", info.misses
-        )
-        yield GaugeMetricFamily("sightline_query_cache_entries", "Query vectors held.", info.size)
+        for gauge in self.gauges:
+            family = GaugeMetricFamily(gauge.name, gauge.documentation, labels=[gauge.label])
+            for value, read in gauge.readers.items():
+                family.add_metric([value], read())
+            yield family
 
 
 class Metrics:
-    """Request counts and latencies per route, queue depth, index size, embedding time."""
+    """Request counts and latencies per route, queue depth, index size, embedding time,
+    text-query cache hits and misses."""
 
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "sightline_http_requests_total",
@@ -69,31 +84,31 @@ class Metrics:
             ["modality"],
             registry=self.registry,
         )
-        self.queue_depth = Gauge(
-            "sightline_queue_depth",
-            "Messages waiting in a queue.",
-            ["queue"],
+        self.query_cache = Counter(
+            "sightline_query_cache_total",
+            "Text-query vector lookups, by whether the cache had the vector.",
+            ["result"],
             registry=self.registry,
         )
-        self.index_size = Gauge(
-            "sightline_index_points",
-            "Points per collection.",
-            ["collection"],
-            registry=self.registry,
+        self.queue_depth = LiveGauge("sightline_queue_depth", "Messages waiting.", "queue")
+        self.index_size = LiveGauge(
+            "sightline_index_points", "Points per collection.", "collection"
         )
+        self._live = _LiveCollector([self.queue_depth, self.index_size])
+        self.registry.register(self._live)
 
     def observe_embedding(self, modality: Modality, items: int, seconds: float) -> None:
         """Encoder observer."""
         self.embedding.labels(modality.value).observe(seconds)
         self.embedded_items.labels(modality.value).inc(items)
 
-    def query_cache(self, read: Callable[[], CacheInfo]) -> None:
-        """Export the text-query cache's hits, misses and size."""
-        self.registry.register(QueryCacheCollector(read))
+    def observe_query(self, hit: bool) -> None:
+        """Query-cache observer."""
+        self.query_cache.labels("hit" if hit else "miss").inc()
 
-    def gauge(self, gauge: Gauge, label: str, read: Callable[[], float]) -> None:
-        """A gauge read at scrape time."""
-        gauge.labels(label).set_function(read)
+    def gauge(self, gauge: LiveGauge, label: str, read: Callable[[], float]) -> None:
+        """A gauge value read at scrape time."""
+        gauge.readers[label] = read
 
     def install(self, app: Flask) -> None:
         """Time every request; expose ``/metrics``."""
@@ -111,5 +126,10 @@ class Metrics:
             return response
 
     def render(self) -> Response:
-        """The exposition format."""
-        return Response(generate_latest(self.registry), mimetype=CONTENT_TYPE_LATEST)
+        """The exposition format: this process's metrics, or every worker's summed."""
+        registry = self.registry
+        if self.multiprocess_dir:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=self.multiprocess_dir)
+            registry.register(self._live)
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

@@ -2,15 +2,18 @@
 the same popular words), and a text encode is most of a text search's time.
 
 A bounded LRU keyed by the query as the model will read it: Unicode NFKC and runs of
-whitespace collapsed, case kept (SigLIP's tokenizer is case-sensitive). Its counters are
-exported as Prometheus metrics (``sightline_query_cache_*``).
+whitespace collapsed, case kept (SigLIP's tokenizer is case-sensitive). Each lookup is
+reported to ``observer(hit)`` (the web app counts them as Prometheus counters, which sum
+across gunicorn workers).
 """
 
 from __future__ import annotations
 
-import functools
 import re
+import threading
 import unicodedata
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -21,7 +24,7 @@ _SPACES = re.compile(r"\s+")
 
 
 class CacheInfo(NamedTuple):
-    """Counters since the process started."""
+    """Counters of this process since it started."""
 
     hits: int
     misses: int
@@ -40,27 +43,40 @@ class QueryVectors:
     def __init__(self, encoder: Encoder, capacity: int) -> None:
         self.encoder = encoder
         self.capacity = capacity
-        self._cached = functools.lru_cache(maxsize=capacity)(self._encode)
-
-    def _encode(self, text: str) -> np.ndarray:
-        vector = self.encoder.encode_texts([text])[0]
-        vector.setflags(write=False)  # shared by every caller that asks again
-        return vector
+        self.observer: Callable[[bool], None] | None = None
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self._hits = 0
+        self._misses = 0
 
     def vector(self, text: str) -> np.ndarray:
-        """The query's unit vector (read-only).
+        """The query's unit vector (read-only: shared by every caller that asks again).
 
         Raises:
             InvalidQuery: the text is not valid Unicode.
         """
         key = normalise_query(text)
-        return self._cached(key) if self.capacity else self._encode(key)
+        with self._lock:
+            found = self._vectors.get(key)
+            if found is not None:
+                self._vectors.move_to_end(key)
+                self._hits += 1
+            else:
+                self._misses += 1
+        if self.observer is not None:
+            self.observer(found is not None)
+        if found is not None:
+            return found
+        vector = self.encoder.encode_texts([key])[0]  # outside the lock: encodes overlap
+        vector.setflags(write=False)
+        if self.capacity:
+            with self._lock:
+                self._vectors[key] = vector
+                while len(self._vectors) > self.capacity:
+                    self._vectors.popitem(last=False)
+        return vector
 
     def info(self) -> CacheInfo:
-        """Hits, misses and fill."""
-        info = self._cached.cache_info()
-        return CacheInfo(info.hits, info.misses, info.currsize, self.capacity)
-
-    def clear(self) -> None:
-        """Forget every vector (the model changed)."""
-        self._cached.cache_clear()
+        """Hits, misses and fill of this process's cache."""
+        with self._lock:
+            return CacheInfo(self._hits, self._misses, len(self._vectors), self.capacity)
