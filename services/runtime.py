@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ from services.moderation.review import ReviewService
 from services.moderation.service import ModerationService
 from services.search.service import SearchService
 from services.settings import IndexBackend, Settings
+from services.storage.blobs import Blobs, FileBlobs
 from services.storage.files import ImageStore
 from services.storage.thumbnails import ThumbnailStore
 from services.tagging.labels import FileTaxonomyStore, LabelBank, RedisTaxonomyStore, TaxonomyStore
@@ -83,6 +84,39 @@ def build_index(settings: Settings) -> VectorIndex:
     from services.index.edge import EdgeIndex
 
     return EdgeIndex(settings.index_path, hnsw_ef=settings.index.hnsw_ef, storage=storage)
+
+
+def build_blobs(settings: Settings) -> Callable[[str], Blobs]:
+    """Blobs per area (images, thumbnails, flagged): directories under DATA_DIR, or key
+    prefixes in one bucket through one S3 client."""
+    config = settings.storage
+    if config.backend == "s3":
+        import boto3
+        from botocore.config import Config
+
+        from services.storage.s3 import S3Blobs
+
+        secret = config.secret_access_key
+        client = boto3.client(
+            "s3",
+            endpoint_url=config.endpoint_url,
+            region_name=config.region,
+            aws_access_key_id=config.access_key_id.get_secret_value()
+            if config.access_key_id
+            else None,
+            aws_secret_access_key=secret.get_secret_value() if secret else None,
+            # Bounded: a store that does not answer is retried by the pipeline's backoff,
+            # not by a worker hanging inside one request.
+            config=Config(
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=30,
+            ),
+        )
+        bucket = config.bucket or ""
+        return lambda area: S3Blobs(client, bucket, f"{config.prefix.strip('/')}/{area}")
+    paths = {"images": settings.images_path}
+    return lambda area: FileBlobs(paths.get(area, settings.data_dir / area))
 
 
 @functools.cache
@@ -269,13 +303,14 @@ def build_runtime(
         prefix = index.active_prefix() or ""
     collections = Collections.with_prefix(prefix)
     limits = settings.images
-    store = ImageStore(settings.images_path)
-    thumbnails = ThumbnailStore(settings.data_dir / "thumbnails", store, limits)
+    blobs = build_blobs(settings)
+    store = ImageStore(blobs("images"))
+    thumbnails = ThumbnailStore(blobs("thumbnails"), store, limits)
     audit = build_audit_log(settings)
     jobs = JobService(build_job_store(settings), dispatcher, settings.queue.visibility_timeout_s)
     labels = LabelBank(encoder, index, collections.labels, build_taxonomy_store(settings))
     tagger = Tagger(encoder, labels, RapidOcrReader(), limits)
-    flagged_originals = ImageStore(settings.data_dir / "flagged")
+    flagged_originals = ImageStore(blobs("flagged"))
     flagged = FlaggedSet(
         encoder, index, collections.flagged, settings.moderation, limits, flagged_originals
     )

@@ -73,6 +73,34 @@ class IndexSettings(BaseModel):
         return self
 
 
+class StorageSettings(BaseModel):
+    """Where originals, thumbnails and flagged originals are kept."""
+
+    backend: Literal["filesystem", "s3"] = Field(
+        default="filesystem",
+        description="filesystem (under DATA_DIR) or s3 (any S3-compatible object storage: "
+        "what workers on several machines need).",
+    )
+    bucket: str | None = Field(default=None, description="Bucket (s3).")
+    prefix: str = Field(
+        default="", pattern=r"^[A-Za-z0-9_./-]*$", description="Key prefix in the bucket."
+    )
+    endpoint_url: str | None = Field(
+        default=None, description="S3 API endpoint for MinIO, Ceph, R2 and the like (s3)."
+    )
+    region: str | None = Field(default=None, description="Region (s3).")
+    access_key_id: SecretStr | None = Field(
+        default=None, description="Unset: the AWS credential chain (env, profile, role)."
+    )
+    secret_access_key: SecretStr | None = Field(default=None)
+
+    @model_validator(mode="after")
+    def _s3_needs_bucket(self) -> StorageSettings:
+        if self.backend == "s3" and not self.bucket:
+            raise ValueError("storage.backend=s3 needs storage.bucket (SIGHTLINE_STORAGE__BUCKET)")
+        return self
+
+
 class ImageLimits(BaseModel):
     """Bounds on what an upload may cost us to decode."""
 
@@ -255,6 +283,7 @@ class Settings(BaseSettings):
     )
     batch_size: int = Field(default=32, ge=1, le=1024, description="Images per model call.")
     index: IndexSettings = Field(default_factory=IndexSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
     images: ImageLimits = Field(default_factory=ImageLimits)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     fetch: FetchSettings = Field(default_factory=FetchSettings)

@@ -480,7 +480,7 @@ def test_an_id_with_a_trailing_newline_is_not_an_id(
     settle(app)
     rt = runtime_of(app)
     assert rt.store.exists(victim) and rt.search.record(ADMIN, victim)
-    assert rt.thumbnails.path_for(victim, 256).exists()
+    assert rt.thumbnails.exists(victim, 256)
 
 
 @pytest.mark.parametrize(

@@ -175,8 +175,5 @@ def test_bad_inputs_store_nothing(runtime: Runtime) -> None:
     assert all(r.reason for r in report.results)
     assert runtime.index.count(runtime.collections.images) == 0
     assert list(runtime.store.ids()) == []
-    assert (
-        not any(p.is_file() for p in runtime.store.root.rglob("*"))
-        if runtime.store.root.exists()
-        else True
-    )
+    root = runtime.settings.images_path  # no file at all: no temporary left behind either
+    assert not any(p.is_file() for p in root.rglob("*")) if root.exists() else True

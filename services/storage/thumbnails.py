@@ -12,7 +12,8 @@ from services.errors import NotFound
 from services.ids import is_image_id
 from services.images import decode_image
 from services.settings import ImageLimits
-from services.storage.files import ImageStore, atomic_write
+from services.storage.blobs import Blobs, FileBlobs
+from services.storage.files import ImageStore
 
 DEFAULT_SIZE = 256
 ALLOWED_SIZES = (64, 128, 256, 512)
@@ -21,28 +22,31 @@ ALLOWED_SIZES = (64, 128, 256, 512)
 class ThumbnailStore:
     """JPEG thumbnails (longest side ``size``) beside the originals, written atomically."""
 
-    def __init__(self, root: Path, store: ImageStore, limits: ImageLimits) -> None:
-        self.root = Path(root)
+    def __init__(self, blobs: Blobs | Path, store: ImageStore, limits: ImageLimits) -> None:
+        self.blobs = blobs if isinstance(blobs, Blobs) else FileBlobs(blobs)
         self.store = store
         self.limits = limits
 
-    def path_for(self, image_id: str, size: int) -> Path:
+    @staticmethod
+    def key_for(image_id: str, size: int) -> str:
         """Where a thumbnail lives."""
         if not is_image_id(image_id):
             raise NotFound(f"not an image id: {image_id!r}")
-        return self.root / str(size) / image_id[:2] / f"{image_id}.jpg"
+        return f"{size}/{image_id[:2]}/{image_id}.jpg"
 
-    def make(self, image_id: str, image: Image.Image, size: int = DEFAULT_SIZE) -> Path:
-        """Write the thumbnail of an already decoded image."""
-        target = self.path_for(image_id, size)
-        if target.exists():
-            return target
+    def exists(self, image_id: str, size: int = DEFAULT_SIZE) -> bool:
+        """True when the thumbnail has been made."""
+        return self.blobs.exists(self.key_for(image_id, size))
+
+    def make(self, image_id: str, image: Image.Image, size: int = DEFAULT_SIZE) -> bytes:
+        """Write the thumbnail of an already decoded image; its bytes."""
+        key = self.key_for(image_id, size)
         thumb = image.copy()
         thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         thumb.convert("RGB").save(buf, format="JPEG", quality=85, optimize=True)
-        atomic_write(target, buf.getvalue())
-        return target
+        self.blobs.put(key, buf.getvalue())
+        return buf.getvalue()
 
     def get(self, image_id: str, size: int = DEFAULT_SIZE) -> bytes:
         """Thumbnail bytes, made from the original if missing.
@@ -52,14 +56,14 @@ class ThumbnailStore:
         """
         if size not in ALLOWED_SIZES:
             raise NotFound(f"thumbnail size {size} not offered; use one of {ALLOWED_SIZES}")
-        path = self.path_for(image_id, size)
-        if not path.exists():
+        try:
+            return self.blobs.get(self.key_for(image_id, size))
+        except NotFound:
             decoded = decode_image(self.store.get(image_id), self.limits, min_side=size)
-            self.make(image_id, decoded.image, size)
-        return path.read_bytes()
+            return self.make(image_id, decoded.image, size)
 
     def delete(self, image_id: str) -> None:
         """Remove every size of an image's thumbnail."""
         for size in ALLOWED_SIZES:
-            with contextlib.suppress(FileNotFoundError, NotFound):
-                self.path_for(image_id, size).unlink()
+            with contextlib.suppress(NotFound):
+                self.blobs.delete(self.key_for(image_id, size))
