@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from cli import tagging
 from cli.context import caller, finish_job, open_runtime
 from cli.metadata import load_metadata, metadata_for
 from cli.output import emit_json, hits_as_dicts, print_hits, print_job
+from cli.remote import URL_ENV, Remote, RemoteError
 from services.errors import ConfigError, SightlineError
 from services.filters import parse_filters
 from services.ingest.indexer import ItemResult, Outcome
@@ -64,6 +66,9 @@ def ingest(
     """Index images (folders recursively). Exit status 1 if any item failed."""
     table = load_metadata(metadata) if metadata else {}
     files = list(_walk(paths))
+    if (remote := Remote.from_env()) is not None:
+        _ingest_remote(remote, files, table, as_json)
+        return
     runtime = open_runtime()
     limit = runtime.settings.images.max_bytes
 
@@ -107,6 +112,32 @@ def ingest(
         raise typer.Exit(1)
 
 
+def _ingest_remote(
+    remote: Remote, files: list[tuple[Path, Path]], table: Any, as_json: bool
+) -> None:
+    """Upload through the API; the service's workers index, ``sightline job`` follows."""
+    per_file = {str(f): metadata_for(table, f, root) for f, root in files}
+    receipts = list(remote.upload([f for f, _ in files], per_file, chunk=64))
+    refused = [r for receipt in receipts for r in receipt["refused"]]
+    accepted = sum(len(receipt["accepted"]) for receipt in receipts)
+    jobs = [receipt["job_id"] for receipt in receipts if receipt.get("job_id")]
+    if as_json:
+        emit_json({"accepted": accepted, "refused": refused, "jobs": jobs})
+    else:
+        for r in refused:
+            typer.echo(f"  refused  {r.get('filename')}: {r.get('reason')}")
+        typer.echo(f"uploaded {accepted}, refused {len(refused)}; jobs: {' '.join(jobs) or '-'}")
+    if refused:
+        raise typer.Exit(1)
+
+
+def _query_params(k: int, where: list[str] | None, one_per: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"k": k, "where": where or []}
+    if one_per:
+        params["one_per"] = one_per
+    return params
+
+
 @app.command()
 def search(
     text: Annotated[str, typer.Argument(help="What to look for, in words.")],
@@ -117,6 +148,10 @@ def search(
 ) -> None:
     """Images matching a text query."""
     flt = parse_filters(where or [])
+    if (remote := Remote.from_env()) is not None:
+        hits = remote.hits("/search", {"q": text, **_query_params(k, where, one_per)})
+        emit_json(hits_as_dicts(hits)) if as_json else print_hits(hits)
+        return
     runtime = open_runtime()
     hits = runtime.search.text(caller(), text, k=k, flt=flt, group_by=one_per)
     runtime.close()
@@ -134,6 +169,14 @@ def similar(
     """Images most like a stored image or a file (the image itself is left out)."""
     flt = parse_filters(where or [])
     path = Path(ref)
+    if (remote := Remote.from_env()) is not None:
+        params = _query_params(k, where, one_per)
+        if path.is_file():
+            hits = remote.hits("/search/image", params, files={"file": path.read_bytes()})
+        else:
+            hits = remote.hits(f"/images/{ref}/similar", params)
+        emit_json(hits_as_dicts(hits)) if as_json else print_hits(hits)
+        return
     runtime = open_runtime()
     if path.is_file():
         hits = runtime.search.by_image(caller(), path.read_bytes(), k=k, flt=flt, group_by=one_per)
@@ -146,6 +189,14 @@ def similar(
 @app.command()
 def info(as_json: JsonOpt = False) -> None:
     """Model, collections and their sizes."""
+    if (remote := Remote.from_env()) is not None:
+        served = {"url": remote.base, **remote.call("GET", "/info")}
+        if as_json:
+            emit_json(served)
+        else:
+            for key, value in served.items():
+                typer.echo(f"{key:<14} {value}")
+        return
     runtime = open_runtime()
     identity = runtime.encoder.identity
     data: dict[str, Any] = {
@@ -246,6 +297,17 @@ def job(
     as_json: JsonOpt = False,
 ) -> None:
     """State and counts of a job, its failed items with reasons; --retry re-queues them."""
+    if (remote := Remote.from_env()) is not None:
+        if retry:
+            remote.call("POST", f"/jobs/{job_id}/retry")
+        data = remote.call("GET", f"/jobs/{job_id}")
+        if as_json:
+            emit_json(data)
+            return
+        typer.echo(f"job {data['id']} ({data['kind']}): {data['state']}, {data['counts']}")
+        for item in data["failed_items"]:
+            typer.echo(f"  failed  {item['item']}: {item['reason']}")
+        return
     runtime = open_runtime()
     retried = runtime.uploads.retry_failed(caller(), job_id) if retry else 0
     data = {
@@ -507,6 +569,9 @@ def demo(
     typer.echo(
         f"""
 Dashboard: {base}/admin  (user admin, password {password})
+The CLI against this server (no second model, no index lock), in another shell:
+  export SIGHTLINE_URL={base} SIGHTLINE_API_KEY={token}
+  sightline search "red striped dress" -k 5
 Try (API key for this demo: {token}):
   export TOKEN={token}
   curl -s -H "Authorization: Bearer $TOKEN" "{base}/api/v1/search?q=red+striped+dress&k=5"
@@ -538,6 +603,9 @@ def main() -> None:
         sys.exit(2)
     except SightlineError as e:
         typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except RemoteError as e:
+        typer.echo(f"error from {os.environ.get(URL_ENV)}: {e}", err=True)
         sys.exit(2)
 
 

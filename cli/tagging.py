@@ -9,6 +9,7 @@ import typer
 
 from cli.context import caller, finish_job, open_runtime
 from cli.output import emit_json, print_job
+from cli.remote import Remote
 from services.settings import load_settings
 from services.tagging.taxonomy import Taxonomy, parse_taxonomy
 
@@ -24,6 +25,18 @@ def taxonomy_load(
 ) -> None:
     """Replace the taxonomy (every process sees it), then re-tag the catalog."""
     taxonomy = parse_taxonomy(path.read_text())
+    if (remote := Remote.from_env()) is not None:
+        data = remote.call(
+            "PUT",
+            "/taxonomy",
+            params={"retag": str(retag).lower()},
+            json=taxonomy.model_dump(mode="json"),
+        )
+        if as_json:
+            emit_json(data)
+        else:
+            typer.echo(f"taxonomy {data['version']}: {len(taxonomy.dimensions)} dimensions loaded")
+        return
     runtime = open_runtime()
     version, job_id = runtime.tagging.replace(caller(), taxonomy, retag=retag)
     job = finish_job(runtime, job_id, timeout_s=24 * 3600) if job_id else None
@@ -39,6 +52,8 @@ def taxonomy_load(
 
 def _stored_taxonomy() -> Taxonomy:
     """The current taxonomy; exit status 1 when none is loaded."""
+    if (remote := Remote.from_env()) is not None:
+        return parse_taxonomy(remote.call("GET", "/taxonomy", params={"format": "yaml"}))
     runtime = open_runtime()
     taxonomy = runtime.tagging.taxonomy(caller())
     runtime.close()
@@ -80,26 +95,43 @@ def tag(
     as_json: JsonOpt = False,
 ) -> None:
     """Tag one image with the taxonomy or with ad-hoc labels."""
-    runtime = open_runtime()
     options: dict[str, Any] = {
         "candidate_labels": labels.split(",") if labels else None,
         "hypothesis_template": template,
         "multi_label": multi_label,
     }
     path = Path(ref)
-    if path.is_file():
-        result = runtime.tagging.tag_bytes(caller(), path.read_bytes(), **options)
+    if (remote := Remote.from_env()) is not None:
+        data = _tag_remote(remote, path, ref, options)
     else:
-        result = runtime.tagging.tag_stored(caller(), ref, **options)
-    runtime.close()
+        runtime = open_runtime()
+        if path.is_file():
+            result = runtime.tagging.tag_bytes(caller(), path.read_bytes(), **options)
+        else:
+            result = runtime.tagging.tag_stored(caller(), ref, **options)
+        runtime.close()
+        data = result.as_dict()
     if as_json:
-        emit_json(result.as_dict())
+        emit_json(data)
         return
-    if result.ocr_text:
-        typer.echo(f"text read: {result.ocr_text}")
-    for dim in result.dimensions:
-        best = ", ".join(f"{label} {score:.3f}" for label, score in dim.scores[:5])
-        typer.echo(f"{dim.name:<12} assigned: {', '.join(dim.assigned) or '-':<20} {best}")
+    if data.get("ocr_text"):
+        typer.echo(f"text read: {data['ocr_text']}")
+    for dim in data["dimensions"]:
+        best = ", ".join(f"{x['label']} {x['score']:.3f}" for x in dim["labels"][:5])
+        typer.echo(f"{dim['name']:<12} assigned: {', '.join(dim['assigned']) or '-':<20} {best}")
+
+
+def _tag_remote(remote: Remote, path: Path, ref: str, options: dict[str, Any]) -> Any:
+    if path.is_file():
+        form = {
+            "hypothesis_template": options["hypothesis_template"],
+            "multi_label": str(options["multi_label"]).lower(),
+        }
+        if options["candidate_labels"]:
+            form["candidate_labels"] = ",".join(options["candidate_labels"])
+        return remote.call("POST", "/tag", files={"file": path.read_bytes()}, data=form)
+    body = {k: v for k, v in options.items() if v is not None}
+    return remote.call("POST", "/tag", json={"image_id": ref, **body})
 
 
 def retag(as_json: JsonOpt = False) -> None:

@@ -232,6 +232,7 @@ RECIPES: dict[tuple[str, str], tuple[bool, Recipe]] = {
         True,
         lambda c, i: _json("/api/v1/tag", {"image_id": i}),
     ),
+    ("GET", "/api/v1/info"): (False, lambda c, _: ("/api/v1/info", {})),
     ("GET", "/api/v1/taxonomy"): (False, lambda c, _: ("/api/v1/taxonomy", {})),
     ("PUT", "/api/v1/taxonomy"): (
         False,

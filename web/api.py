@@ -346,6 +346,27 @@ def _tag_form_options() -> s.TagOptions:
         raise validation_error(e) from e
 
 
+@bp.get("/info")
+@endpoint(
+    Operation(
+        "The model, its runtime and the collections' sizes",
+        Scope.SEARCH,
+        s.ServiceInfo,
+        errors=(401, 403),
+    )
+)
+def info() -> s.ServiceInfo:
+    rt = runtime()
+    identity = rt.encoder.identity
+    return s.ServiceInfo(
+        model_id=identity.model_id,
+        vector_size=identity.size,
+        family=rt.encoder.family.value,
+        runtime=rt.encoder.runtime_active.value,
+        collections={name: rt.index.count(name) for name in rt.collections.all()},
+    )
+
+
 @bp.get("/taxonomy")
 @endpoint(
     Operation(

@@ -307,6 +307,16 @@ class RetagQuery(_Strict):
     retag: bool = True
 
 
+class ServiceInfo(BaseModel):
+    """The model this service embeds with and how many points each collection holds."""
+
+    model_id: str
+    vector_size: int
+    family: str
+    runtime: str = Field(description="torch, onnx or onnx-int8: what runs the model.")
+    collections: dict[str, int]
+
+
 class TaxonomyInfo(BaseModel):
     """The current taxonomy and its version (a content hash)."""
 

@@ -106,6 +106,12 @@ class EdgeIndex(VectorIndex):
             try:
                 shard = qe.EdgeShard.load(str(shard_dir))
             except Exception as e:  # the binding raises plain Exception subclasses
+                if "WouldBlock" in str(e):
+                    raise IndexUnavailable(
+                        f"the embedded index at {self.root} is in use by another process "
+                        "(a running `sightline serve` or `demo`?); talk to that service "
+                        "instead: export SIGHTLINE_URL=http://HOST:PORT SIGHTLINE_API_KEY=KEY"
+                    ) from e
                 raise IndexUnavailable(
                     f"cannot open embedded index at {shard_dir}: {e}. Only one process can open "
                     "an embedded index at a time; use a Qdrant server for several processes."

@@ -1,0 +1,101 @@
+"""The CLI talking to a running Sightline over HTTP (remote mode).
+
+With ``SIGHTLINE_URL`` and ``SIGHTLINE_API_KEY`` set, search, similar, tag, info,
+ingest, job, taxonomy and moderate go through the service's API with that key: no model
+is loaded here and no index is opened, so the CLI works beside a server that holds an
+embedded index, from any machine, with the key's rights. Errors are the API's own
+messages.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+
+from services.search.service import SearchHit
+
+URL_ENV = "SIGHTLINE_URL"
+KEY_ENV = "SIGHTLINE_API_KEY"
+TIMEOUT_S = 120.0
+
+
+class RemoteError(Exception):
+    """The service refused a request or could not be reached; the message says why."""
+
+
+class Remote:
+    """An API client for one service and key."""
+
+    def __init__(self, url: str, key: str, transport: httpx.BaseTransport | None = None):
+        self.base = url.rstrip("/")
+        self.http = httpx.Client(
+            base_url=f"{self.base}/api/v1",
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=TIMEOUT_S,
+            transport=transport,
+        )
+
+    @classmethod
+    def from_env(cls) -> Remote | None:
+        """A client when both variables are set; None (local mode) otherwise.
+
+        Raises:
+            typer.BadParameter: only one of them is set.
+        """
+        url, key = os.environ.get(URL_ENV), os.environ.get(KEY_ENV)
+        if not url and not key:
+            return None
+        if not (url and key):
+            missing = KEY_ENV if url else URL_ENV
+            raise typer.BadParameter(
+                f"remote mode needs {URL_ENV} and {KEY_ENV}; {missing} is unset"
+            )
+        return cls(url, key)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The JSON answer of one request.
+
+        Raises:
+            RemoteError: an HTTP error (with the API's message) or no connection.
+        """
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as e:
+            raise RemoteError(f"cannot reach {self.base}: {e}") from e
+        if response.is_error:
+            try:
+                detail = response.json().get("error") or response.text
+            except ValueError:
+                detail = response.text
+            raise RemoteError(f"{response.status_code}: {detail}")
+        if response.headers.get("content-type", "").startswith("application/json"):
+            return response.json()
+        return response.text
+
+    def hits(self, path: str, params: dict[str, Any], **kwargs: Any) -> list[SearchHit]:
+        """Ranked results as the local services return them."""
+        method = "POST" if "files" in kwargs else "GET"
+        data = self.call(method, path, params=params, **kwargs)
+        return [SearchHit(h["image_id"], float(h["score"]), h["payload"]) for h in data["results"]]
+
+    def upload(
+        self, files: Sequence[Path], per_file: dict[str, dict[str, Any]], chunk: int
+    ) -> Iterator[dict[str, Any]]:
+        """Upload files ``chunk`` at a time (the service's per-request limit); one receipt
+        per request."""
+        import json
+
+        for start in range(0, len(files), chunk):
+            part = files[start : start + chunk]
+            meta = {str(f): per_file[str(f)] for f in part if per_file.get(str(f))}
+            handles = [
+                ("files", (str(f), f.read_bytes(), mimetypes.guess_type(f.name)[0] or "image/*"))
+                for f in part
+            ]
+            yield self.call("POST", "/images", files=handles, data={"per_file": json.dumps(meta)})
