@@ -169,6 +169,17 @@ def _index_memory(
     return index, {k: after[k] - before[k] for k in after}
 
 
+def _built(path: Path, n: int, ef: int, storage: VectorStorage, identity: ModelIdentity) -> bool:
+    """An index of n points from an earlier run is there (vectors are deterministic)."""
+    if not path.exists():
+        return False
+    index = EdgeIndex(path, hnsw_ef=ef, storage=storage)
+    try:
+        return "images" in index.list_collections() and index.count("images") == n
+    finally:
+        index.close()
+
+
 def bench_size(
     n: int,
     queries: int,
@@ -177,18 +188,23 @@ def bench_size(
     ef: int,
     storage: VectorStorage,
     notes: list[str],
+    text_ef: int | None = None,
+    reuse: bool = False,
 ) -> list[list[str]]:
     work = OUT / "query" / str(n)
-    shutil.rmtree(work, ignore_errors=True)
     settings = Settings(data_dir=work, model=model_dir, query_cache_size=0)
+    reuse = reuse and _built(settings.index_path, n, ef, storage, encoder.identity)
+    if not reuse:
+        shutil.rmtree(work, ignore_errors=True)
     settings.index.hnsw_ef = ef
+    settings.index.text_hnsw_ef = text_ef
     settings.web.rate_limit = "1000000/minute"
     vectors, concepts = concept_clusters(encoder, n, seed=n)
     image_ids = [hashlib.sha256(f"img-{i}".encode()).hexdigest() for i in range(n)]
     index = EdgeIndex(settings.index_path, hnsw_ef=ef, storage=storage)
     index.ensure_collection("images", encoder.identity)
     t0 = time.perf_counter()
-    for start in range(0, n, 2000):
+    for start in range(0, 0 if reuse else n, 2000):
         index.upsert(
             "images",
             [
@@ -202,8 +218,11 @@ def bench_size(
         )
     upsert_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    index.optimize("images")
+    if not reuse:
+        index.optimize("images")
     build_s = time.perf_counter() - t0
+    if reuse:
+        notes.append(f"{n}: index reused from an earlier run (--reuse-index): no build timed")
     print(f"{n}: upsert {upsert_s:.1f}s, HNSW build {build_s:.1f}s", file=sys.stderr)
     index.close()
     probes = vectors[np.random.default_rng(2).integers(0, n, 200)]
@@ -307,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantization", choices=["none", "int8"], default="none")
     parser.add_argument("--on-disk", action="store_true", help="original vectors on disk")
     parser.add_argument("--oversampling", type=float, default=2.0)
+    parser.add_argument("--text-ef", type=int, default=None, help="HNSW ef for text queries")
+    parser.add_argument(
+        "--reuse-index", action="store_true", help="keep an index of the same size built before"
+    )
     parser.add_argument("--runtime", default="torch", help="runtime serving the HTTP queries")
     parser.add_argument("--runtimes", default="torch,onnx,onnx-int8", help="text encode table")
     args = parser.parse_args(argv)
@@ -324,10 +347,23 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     storage = VectorStorage(args.quantization, args.on_disk, args.oversampling)
     for n in (int(x) for x in args.sizes.split(",")):
-        rows.extend(bench_size(n, args.queries, encoder, model_dir, args.ef, storage, notes))
+        rows.extend(
+            bench_size(
+                n,
+                args.queries,
+                encoder,
+                model_dir,
+                args.ef,
+                storage,
+                notes,
+                args.text_ef,
+                args.reuse_index,
+            )
+        )
     print(
         f"\nquery latency, {os.cpu_count()} CPU cores, model {args.model} text tower on "
-        f"{encoder.runtime_active.value}, 512-d, k=10, hnsw_ef={args.ef}, {args.queries} "
+        f"{encoder.runtime_active.value}, 512-d, k=10, hnsw_ef={args.ef} (text "
+        f"{args.text_ef or args.ef}), {args.queries} "
         f"queries each; vectors: {args.quantization} quantization"
         + (f" (oversampling {args.oversampling})" if args.quantization != "none" else "")
         + (", originals on disk" if args.on_disk else ", in RAM")

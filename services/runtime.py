@@ -323,6 +323,7 @@ def build_runtime(
         store,
         thumbnails,
         settings.query_cache_size,
+        settings.index.text_hnsw_ef,
     )
     indexer = Indexer(encoder, index, collections.images, thumbnails, tagger, flagged, audit)
     max_bytes = limits.max_bytes

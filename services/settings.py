@@ -54,6 +54,14 @@ class IndexSettings(BaseModel):
         description="Search-time HNSW ef; text queries sit off the image clusters (the "
         "modality gap) and need a wide beam for recall@10 >= 0.95.",
     )
+    text_hnsw_ef: int | None = Field(
+        default=None,
+        ge=4,
+        le=16384,
+        description="HNSW ef for text queries (unset: hnsw_ef). Text queries sit in CLIP's "
+        "modality gap; at a million int8-quantized vectors recall@10 needed 4096 "
+        "(bench/query.py).",
+    )
     quantization: Literal["none", "int8"] = Field(
         default="none",
         description="Scalar int8 quantization of new collections' vectors (a quarter of the "

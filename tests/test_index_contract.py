@@ -87,6 +87,10 @@ def test_search_matches_brute_force(filled) -> None:  # type: ignore[no-untyped-
         _assert_same_ranking(
             _pairs(index.search("images", query, 10)), top_k(query, ids, vectors, 10)
         )
+        # A query's own beam (text queries get a wider one) ranks the same.
+        _assert_same_ranking(
+            _pairs(index.search("images", query, 10, ef=1024)), top_k(query, ids, vectors, 10)
+        )
 
 
 def test_filters_match_brute_force(filled) -> None:  # type: ignore[no-untyped-def]

@@ -232,10 +232,13 @@ class VectorIndex(abc.ABC):
         k: int,
         flt: PayloadFilter | None = None,
         group_by: str | None = None,
+        ef: int | None = None,
     ) -> list[Hit]:
         """The k nearest points by cosine similarity, best first.
 
         With ``group_by``, at most one hit (the best) per distinct value of that field.
+        ``ef``: this query's HNSW beam (default the index's): text queries, off the image
+        clusters, need a wider one than image queries.
         """
 
     @abc.abstractmethod

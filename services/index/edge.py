@@ -239,14 +239,16 @@ class EdgeIndex(VectorIndex):
             str(next_offset) if next_offset is not None else None,
         )
 
-    def _query(self, name: str, query: Any, limit: int, flt: PayloadFilter | None) -> list[Hit]:
+    def _query(
+        self, name: str, query: Any, limit: int, flt: PayloadFilter | None, ef: int | None = None
+    ) -> list[Hit]:
         request = qe.QueryRequest(
             limit=limit,
             query=query,
             filter=_edge_filter(flt),
             with_payload=True,
             params=qe.SearchParams(
-                hnsw_ef=max(self.hnsw_ef, limit),
+                hnsw_ef=max(ef or self.hnsw_ef, limit),
                 quantization=qe.QuantizationSearchParams(
                     rescore=True, oversampling=self.storage.oversampling
                 )
@@ -261,11 +263,17 @@ class EdgeIndex(VectorIndex):
         ]
 
     def _ranked(
-        self, name: str, query: Any, k: int, flt: PayloadFilter | None, group_by: str | None
+        self,
+        name: str,
+        query: Any,
+        k: int,
+        flt: PayloadFilter | None,
+        group_by: str | None,
+        ef: int | None = None,
     ) -> list[Hit]:
         if group_by is None:
-            return self._query(name, query, k, flt)
-        return best_per_group(lambda limit: self._query(name, query, limit, flt), k, group_by)
+            return self._query(name, query, k, flt, ef)
+        return best_per_group(lambda limit: self._query(name, query, limit, flt, ef), k, group_by)
 
     def search(
         self,
@@ -274,8 +282,9 @@ class EdgeIndex(VectorIndex):
         k: int,
         flt: PayloadFilter | None = None,
         group_by: str | None = None,
+        ef: int | None = None,
     ) -> list[Hit]:
-        return self._ranked(name, qe.Query.Nearest(_vec(vector)), k, flt, group_by)
+        return self._ranked(name, qe.Query.Nearest(_vec(vector)), k, flt, group_by, ef)
 
     def recommend(
         self,

@@ -209,10 +209,16 @@ class ServerIndex(VectorIndex):
         )
 
     def _ranked(
-        self, name: str, query: Any, k: int, flt: PayloadFilter | None, group_by: str | None
+        self,
+        name: str,
+        query: Any,
+        k: int,
+        flt: PayloadFilter | None,
+        group_by: str | None,
+        ef: int | None = None,
     ) -> list[Hit]:
         params = models.SearchParams(
-            hnsw_ef=max(self.hnsw_ef, k),
+            hnsw_ef=max(ef or self.hnsw_ef, k),
             quantization=models.QuantizationSearchParams(
                 rescore=True, oversampling=self.storage.oversampling
             )
@@ -252,8 +258,9 @@ class ServerIndex(VectorIndex):
         k: int,
         flt: PayloadFilter | None = None,
         group_by: str | None = None,
+        ef: int | None = None,
     ) -> list[Hit]:
-        return self._ranked(name, _vec(vector), k, flt, group_by)
+        return self._ranked(name, _vec(vector), k, flt, group_by, ef)
 
     def recommend(
         self,

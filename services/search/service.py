@@ -47,7 +47,9 @@ class SearchService:
         store: ImageStore,
         thumbnails: ThumbnailStore,
         query_cache_size: int = 1024,
+        text_ef: int | None = None,
     ) -> None:
+        self.text_ef = text_ef
         self.encoder = encoder
         self.queries = QueryVectors(encoder, query_cache_size)
         self.index = index
@@ -120,7 +122,7 @@ class SearchService:
             raise InvalidQuery("the query text is empty")
         vector = self.queries.vector(query)
         flt = visible_filter(caller, flt)
-        hits = self.index.search(self.collection, vector, n, flt, group_by)
+        hits = self.index.search(self.collection, vector, n, flt, group_by, ef=self.text_ef)
         return self._hits(caller, hits[offset:])
 
     def similar(
