@@ -18,6 +18,7 @@ from cli.output import emit_json, hits_as_dicts, print_hits, print_job
 from cli.remote import URL_ENV, Remote, RemoteError
 from services.errors import ConfigError, SightlineError
 from services.filters import parse_filters
+from services.ids import is_image_id
 from services.ingest.indexer import ItemResult, Outcome
 from services.ingest.intake import IngestItem
 from services.runtime import build_access
@@ -117,7 +118,7 @@ def _ingest_remote(
 ) -> None:
     """Upload through the API; the service's workers index, ``sightline job`` follows."""
     per_file = {str(f): metadata_for(table, f, root) for f, root in files}
-    receipts = list(remote.upload([f for f, _ in files], per_file, chunk=64))
+    receipts = list(remote.upload([f for f, _ in files], per_file))
     refused = [r for receipt in receipts for r in receipt["refused"]]
     accepted = sum(len(receipt["accepted"]) for receipt in receipts)
     jobs = [receipt["job_id"] for receipt in receipts if receipt.get("job_id")]
@@ -125,7 +126,7 @@ def _ingest_remote(
         emit_json({"accepted": accepted, "refused": refused, "jobs": jobs})
     else:
         for r in refused:
-            typer.echo(f"  refused  {r.get('filename')}: {r.get('reason')}")
+            typer.echo(f"  refused  {r.get('filename')}: {r.get('message')}")
         typer.echo(f"uploaded {accepted}, refused {len(refused)}; jobs: {' '.join(jobs) or '-'}")
     if refused:
         raise typer.Exit(1)
@@ -173,8 +174,10 @@ def similar(
         params = _query_params(k, where, one_per)
         if path.is_file():
             hits = remote.hits("/search/image", params, files={"file": path.read_bytes()})
-        else:
+        elif is_image_id(ref):
             hits = remote.hits(f"/images/{ref}/similar", params)
+        else:
+            raise typer.BadParameter(f"{ref!r} is neither a file nor an image id (64 hex digits)")
         emit_json(hits_as_dicts(hits)) if as_json else print_hits(hits)
         return
     runtime = open_runtime()

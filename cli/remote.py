@@ -1,7 +1,7 @@
 """The CLI talking to a running Sightline over HTTP (remote mode).
 
 With ``SIGHTLINE_URL`` and ``SIGHTLINE_API_KEY`` set, search, similar, tag, info,
-ingest, job, taxonomy and moderate go through the service's API with that key: no model
+ingest, job and taxonomy go through the service's API with that key: no model
 is loaded here and no index is opened, so the CLI works beside a server that holds an
 embedded index, from any machine, with the key's rights. Errors are the API's own
 messages.
@@ -39,6 +39,7 @@ class Remote:
             headers={"Authorization": f"Bearer {key}"},
             timeout=TIMEOUT_S,
             transport=transport,
+            follow_redirects=True,  # a proxy sending http to https, say
         )
 
     @classmethod
@@ -68,15 +69,20 @@ class Remote:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as e:
             raise RemoteError(f"cannot reach {self.base}: {e}") from e
-        if response.is_error:
-            try:
-                detail = response.json().get("error") or response.text
-            except ValueError:
-                detail = response.text
+        kind = response.headers.get("content-type", "")
+        if not response.is_success:
+            detail: Any = response.text[:200]
+            if kind.startswith("application/json"):
+                error = response.json().get("error")
+                detail = error.get("message", error) if isinstance(error, dict) else error
             raise RemoteError(f"{response.status_code}: {detail}")
-        if response.headers.get("content-type", "").startswith("application/json"):
+        if kind.startswith("application/json"):
             return response.json()
-        return response.text
+        if kind.startswith(("text/", "application/yaml")) and path.startswith("/taxonomy"):
+            return response.text
+        raise RemoteError(
+            f"{self.base} did not answer as a Sightline service ({kind or 'no type'})"
+        )
 
     def hits(self, path: str, params: dict[str, Any], **kwargs: Any) -> list[SearchHit]:
         """Ranked results as the local services return them."""
@@ -85,17 +91,42 @@ class Remote:
         return [SearchHit(h["image_id"], float(h["score"]), h["payload"]) for h in data["results"]]
 
     def upload(
-        self, files: Sequence[Path], per_file: dict[str, dict[str, Any]], chunk: int
+        self,
+        files: Sequence[Path],
+        per_file: dict[str, dict[str, Any]],
+        chunk: int = 64,
+        max_bytes: int = 32 * 1024 * 1024,
     ) -> Iterator[dict[str, Any]]:
-        """Upload files ``chunk`` at a time (the service's per-request limit); one receipt
-        per request."""
+        """Upload files in requests of at most ``chunk`` files and ``max_bytes`` (under the
+        service's request limits); one receipt per request. A request refused as a whole
+        (every file in it invalid, say) becomes a receipt refusing its files, so the other
+        requests' jobs are still reported."""
         import json
 
-        for start in range(0, len(files), chunk):
-            part = files[start : start + chunk]
+        for part in _batches(files, chunk, max_bytes):
             meta = {str(f): per_file[str(f)] for f in part if per_file.get(str(f))}
             handles = [
                 ("files", (str(f), f.read_bytes(), mimetypes.guess_type(f.name)[0] or "image/*"))
                 for f in part
             ]
-            yield self.call("POST", "/images", files=handles, data={"per_file": json.dumps(meta)})
+            try:
+                yield self.call(
+                    "POST", "/images", files=handles, data={"per_file": json.dumps(meta)}
+                )
+            except RemoteError as e:
+                refused = [{"filename": str(f), "message": str(e)} for f in part]
+                yield {"job_id": None, "accepted": [], "refused": refused}
+
+
+def _batches(files: Sequence[Path], chunk: int, max_bytes: int) -> Iterator[list[Path]]:
+    batch: list[Path] = []
+    size = 0
+    for f in files:
+        length = f.stat().st_size
+        if batch and (len(batch) >= chunk or size + length > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(f)
+        size += length
+    if batch:
+        yield batch

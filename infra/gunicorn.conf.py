@@ -10,7 +10,6 @@ load happens once at start anyway.
 
 import multiprocessing
 import os
-import shutil
 import tempfile
 
 bind = os.environ.get("SIGHTLINE_BIND", "0.0.0.0:8000")
@@ -36,14 +35,17 @@ secure_scheme_headers = {"X-FORWARDED-PROTO": "https"}
 # here and /metrics, answered by any worker, sums them all. Set before the workers import
 # prometheus_client (the app is loaded after fork); emptied at start, so a restart does
 # not inherit the last run's counts.
-metrics_dir = os.environ.setdefault(
-    "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="sightline-metrics-")
-)
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sightline-metrics-")
+metrics_dir = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 
 def on_starting(server):  # type: ignore[no-untyped-def]
-    shutil.rmtree(metrics_dir, ignore_errors=True)
+    # Only prometheus_client's own files: the directory may be one the operator chose.
     os.makedirs(metrics_dir, exist_ok=True)
+    for name in os.listdir(metrics_dir):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(metrics_dir, name))
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]

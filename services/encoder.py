@@ -253,8 +253,12 @@ class Encoder:
                     self._text_model is None,
                     self._torch_encode,
                 )
-            except (GateFailed, ModelUnavailable) as e:
-                notes.append(str(e))
+            except Exception as e:  # any export, quantization or session failure falls back
+                notes.append(
+                    str(e)
+                    if isinstance(e, GateFailed)
+                    else f"runtime {runtime.value} not used: {e!r}"
+                )
                 if runtime is InferenceRuntime.ONNX:
                     break
                 continue

@@ -14,7 +14,7 @@ and cosine >= ``INT8_MIN_COSINE``. The verdict is saved beside the files, so a m
 failed is not exported and gated again on every start; the encoder then falls back (int8
 to fp32 to torch) and says why.
 
-Files live under ``<cache>/<sha256 of model id>[:16]/``: ``image.onnx``, ``text.onnx``,
+Files live under ``<cache>/<sha256 of model id and weights fingerprint>[:16]/``: ``image.onnx``, ``text.onnx``,
 their ``.int8.onnx`` forms and ``manifest.json``. Exports are written to a temporary name
 and renamed, under a file lock, so workers starting together export once.
 """
@@ -92,9 +92,31 @@ class GateReport:
     reason: str = ""
 
 
-def cache_key(model_id: str) -> str:
-    """Directory name for a model's exports (ids hold '/' and ':')."""
-    return hashlib.sha256(f"{model_id}|format{FORMAT}".encode()).hexdigest()[:16]
+def cache_key(model_id: str, fingerprint: str = "") -> str:
+    """Directory name for a model's exports (ids hold '/' and ':'), with a fingerprint of
+    its weights: a hub name stays the same when its weights change upstream."""
+    return hashlib.sha256(f"{model_id}|{fingerprint}|format{FORMAT}".encode()).hexdigest()[:16]
+
+
+def weights_fingerprint(model: Any) -> str:
+    """A cheap hash of a loaded model's weights: every tensor's name and shape and its
+    first and last values."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().reshape(-1)
+        h.update(f"{name}{tuple(tensor.shape)}".encode())
+        h.update(flat[:32].float().cpu().numpy().tobytes())
+        h.update(flat[-32:].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    return providers
 
 
 def probe_images(n: int = PROBE_IMAGES, seed: int = 0) -> list[Image.Image]:
@@ -237,9 +259,7 @@ class Towers:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = ["CPUExecutionProvider"]
-        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
+        providers = _providers(device)
         self.model = model
         self.providers = providers
         self.image = ort.InferenceSession(
@@ -350,13 +370,17 @@ def prepare(
         ModelUnavailable: the model cannot be exported.
     """
     int8 = runtime is InferenceRuntime.ONNX_INT8
-    directory = cache / cache_key(model_id)
+    fingerprint = weights_fingerprint(model)
+    directory = cache / cache_key(model_id, fingerprint)
     directory.mkdir(parents=True, exist_ok=True)
     manifest_path = directory / "manifest.json"
+    # A verdict holds for the execution provider it was measured on.
+    verdict = f"{runtime.value}@{_providers(device)[0]}"
     with _lock(directory / ".lock"):
         manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-        if manifest.get("model_id") != model_id or manifest.get("with_text") != with_text:
-            manifest = {"model_id": model_id, "with_text": with_text, "gates": {}}
+        wanted = {"model_id": model_id, "fingerprint": fingerprint, "with_text": with_text}
+        if any(manifest.get(k) != v for k, v in wanted.items()):
+            manifest = {**wanted, "gates": {}}
             log.info("exporting %s to ONNX under %s", model_id, directory)
             with tempfile.TemporaryDirectory(dir=directory) as tmp:
                 _export(model, Path(tmp), with_text)
@@ -364,7 +388,7 @@ def prepare(
                     os.replace(f, directory / f.name)
         if int8 and not (directory / "image.int8.onnx").exists():
             _quantize(directory, with_text)
-        known = manifest["gates"].get(runtime.value)
+        known = manifest["gates"].get(verdict)
         if known is None:
             images = probe_images()
             fp32 = Towers(model, directory, False, threads, device)
@@ -377,7 +401,7 @@ def prepare(
                 quant,
                 images,
             )
-            manifest["gates"][runtime.value] = asdict(report)
+            manifest["gates"][verdict] = asdict(report)
             tmp_manifest = manifest_path.with_suffix(".tmp")
             tmp_manifest.write_text(json.dumps(manifest, indent=2))
             os.replace(tmp_manifest, manifest_path)

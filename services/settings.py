@@ -326,7 +326,11 @@ class Settings(BaseSettings):
         if self.threads:
             return self.threads
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-        return max(1, (cores or os.cpu_count() or 1) // self.processes)
+        cores = cores or os.cpu_count() or 1
+        quota = _cgroup_cpus()  # a container's CPU limit (compose `cpus`, Kubernetes limits)
+        if quota is not None:
+            cores = min(cores, quota)
+        return max(1, cores // self.processes)
 
     @property
     def onnx_path(self) -> Path:
@@ -347,6 +351,17 @@ class Settings(BaseSettings):
     def images_path(self) -> Path:
         """Directory of the content-addressed image store."""
         return self.data_dir / "images"
+
+
+def _cgroup_cpus(path: Path = Path("/sys/fs/cgroup/cpu.max")) -> int | None:
+    """Whole CPUs a cgroup v2 quota allows this process ("max": none), rounded up."""
+    try:
+        quota, period = path.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, -(-int(quota) // int(period)))
 
 
 def load_settings(**overrides: Any) -> Settings:

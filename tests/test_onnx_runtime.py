@@ -53,7 +53,8 @@ def test_int8_keeps_zero_shot_accuracy_and_gets_its_own_identity(tmp_path: Path)
         assert abs(got[key] - value) <= 0.01 + 1e-9, (key, got[key], value)  # 1 point
     assert int8.identity.model_id == torch_encoder.identity.model_id + "#int8"
     gates = json.loads(next(tmp_path.rglob("manifest.json")).read_text())["gates"]
-    assert gates["onnx-int8"]["passed"] and gates["onnx-int8"]["top10_overlap"] >= 0.95
+    int8_gate = gates["onnx-int8@CPUExecutionProvider"]
+    assert int8_gate["passed"] and int8_gate["top10_overlap"] >= 0.95
 
 
 def test_a_runtime_that_fails_its_gate_is_not_used(
@@ -69,7 +70,8 @@ def test_a_runtime_that_fails_its_gate_is_not_used(
     assert "differ from torch" in encoder.runtime_note
     assert np.allclose(vectors, Encoder(str(tiny_model_dir)).encode_images(_images()[:2]))
     manifest = next(tmp_path.rglob("manifest.json"))
-    assert json.loads(manifest.read_text())["gates"]["onnx"]["passed"] is False
+    gates = json.loads(manifest.read_text())["gates"]
+    assert gates["onnx@CPUExecutionProvider"]["passed"] is False
     exported = {f.name: f.stat().st_mtime_ns for f in manifest.parent.glob("*.onnx")}
 
     def no_export(*args: object) -> None:
@@ -82,8 +84,20 @@ def test_a_runtime_that_fails_its_gate_is_not_used(
     assert {f.name: f.stat().st_mtime_ns for f in manifest.parent.glob("*.onnx")} == exported
 
 
-def test_threads_share_the_cores_among_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_threads_share_the_cores_among_processes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from services import settings as settings_module
+
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("150000 100000\n")  # a container limited to 1.5 CPUs
+    assert settings_module._cgroup_cpus(cpu_max) == 2
+    cpu_max.write_text("max 100000\n")
+    assert settings_module._cgroup_cpus(cpu_max) is None
+    monkeypatch.setattr(settings_module, "_cgroup_cpus", lambda: 4)
     monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(16)))
+    assert Settings(processes=2).inference_threads == 2  # the quota, not the host's 16
+    monkeypatch.setattr(settings_module, "_cgroup_cpus", lambda: None)
     assert Settings(processes=4).inference_threads == 4
     assert Settings(processes=32).inference_threads == 1
     assert Settings(processes=4, threads=3).inference_threads == 3

@@ -363,6 +363,7 @@ def info() -> s.ServiceInfo:
         vector_size=identity.size,
         family=rt.encoder.family.value,
         runtime=rt.encoder.runtime_active.value,
+        runtime_note=rt.encoder.runtime_note or None,
         collections={name: rt.index.count(name) for name in rt.collections.all()},
     )
 

@@ -314,6 +314,9 @@ class ServiceInfo(BaseModel):
     vector_size: int
     family: str
     runtime: str = Field(description="torch, onnx or onnx-int8: what runs the model.")
+    runtime_note: str | None = Field(
+        default=None, description="Why the configured runtime is not the one running."
+    )
     collections: dict[str, int]
 
 
