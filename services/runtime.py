@@ -68,8 +68,13 @@ class Collections:
 
 def build_index(settings: Settings) -> VectorIndex:
     """The configured index adapter (the client libraries are imported only when chosen)."""
+    config = settings.index
     storage = VectorStorage(
-        settings.index.quantization, settings.index.vectors_on_disk, settings.index.oversampling
+        config.quantization,
+        config.vectors_on_disk,
+        config.oversampling,
+        config.replication_factor,
+        config.write_consistency_factor,
     )
     if settings.index.backend is IndexBackend.SERVER:
         from qdrant_client import QdrantClient

@@ -73,6 +73,21 @@ class IndexSettings(BaseModel):
     oversampling: float = Field(
         default=2.0, ge=1.0, le=16.0, description="Candidates rescored per result (int8)."
     )
+    replication_factor: int = Field(
+        default=1, ge=1, le=16, description="Copies of each shard of new collections (server)."
+    )
+    write_consistency_factor: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Copies that must acknowledge a write (server); at most replication_factor.",
+    )
+
+    @model_validator(mode="after")
+    def _consistency_within_replicas(self) -> IndexSettings:
+        if self.write_consistency_factor > self.replication_factor:
+            raise ValueError("index.write_consistency_factor exceeds index.replication_factor")
+        return self
 
     @model_validator(mode="after")
     def _server_needs_url(self) -> IndexSettings:

@@ -95,3 +95,85 @@ def test_gunicorn_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     conf = runpy.run_path(str(INFRA / "gunicorn.conf.py"))
     assert conf["worker_class"] == "gthread" and conf["preload_app"] is False
     assert conf["workers"] >= 1
+
+
+K8S = INFRA / "k8s"
+
+
+def _setting_exists(name: str) -> bool:
+    """Whether SIGHTLINE_A__B names a field of Settings (nested with __)."""
+    from pydantic import BaseModel
+
+    from services.settings import Settings
+
+    model: type[BaseModel] = Settings
+    parts = name.removeprefix("SIGHTLINE_").lower().split("__")
+    for i, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return False
+        annotation = field.annotation
+        if i < len(parts) - 1:
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                return False
+            model = annotation
+    return True
+
+
+def _k8s_errors(*paths: Path) -> str:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "kubernetes-validate"), "--strict", "--quiet"]
+        + [str(p) for p in paths],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return "" if done.returncode == 0 else done.stdout + done.stderr
+
+
+def test_kubernetes_manifests_validate_against_kubernetes_schemas(tmp_path: Path) -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    files = [K8S / name for name in kustomization["resources"]]
+    assert {p.name for p in files} == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert _k8s_errors(*files) == ""
+    broken = (K8S / "api.yaml").read_text().replace("replicas: 2", "replicas: two", 1)
+    (tmp_path / "api.yaml").write_text(broken)
+    assert _k8s_errors(tmp_path / "api.yaml") != ""  # the check can fail
+
+
+def test_kubernetes_deployment_shape() -> None:
+    docs = {
+        (d["kind"], d["metadata"]["name"]): d
+        for path in K8S.glob("*.yaml")
+        if path.name != "kustomization.yaml"
+        for d in yaml.safe_load_all(path.read_text())
+    }
+    qdrant = docs[("StatefulSet", "qdrant")]["spec"]
+    assert qdrant["replicas"] == 3 and qdrant["volumeClaimTemplates"]
+    env = {e["name"]: e.get("value") for e in qdrant["template"]["spec"]["containers"][0]["env"]}
+    assert env["QDRANT__CLUSTER__ENABLED"] == "true"
+    config = docs[("ConfigMap", "sightline-config")]["data"]
+    assert config["SIGHTLINE_INDEX__REPLICATION_FACTOR"] == "2"
+    assert config["SIGHTLINE_INDEX__WRITE_CONSISTENCY_FACTOR"] == "2"
+    assert config["SIGHTLINE_STORAGE__BACKEND"] == "s3"  # stateless API and worker pods
+    unknown = [k for k in config if k.startswith("SIGHTLINE_") and not _setting_exists(k)]
+    assert unknown == []
+    redis = docs[("StatefulSet", "redis")]["spec"]["template"]["spec"]["containers"][0]
+    assert "--requirepass" in redis["args"][0] and "--appendonly yes" in redis["args"][0]
+    hpa = docs[("HorizontalPodAutoscaler", "api")]["spec"]
+    assert hpa["scaleTargetRef"]["name"] == "api" and hpa["minReplicas"] >= 2
+    for name in ("worker-ingest", "worker-jobs", "api"):
+        pod = docs[("Deployment", name)]["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert container["resources"]["limits"]["memory"]
+        assert {"configMapRef": {"name": "sightline-config"}} in container["envFrom"]
+        assert pod["securityContext"]["runAsUser"] == 10001
+
+
+def test_compose_settings_exist() -> None:
+    compose = yaml.safe_load((INFRA / "compose.yaml").read_text())
+    for name, service in compose["services"].items():
+        env = service.get("environment") or {}
+        unknown = [k for k in env if k.startswith("SIGHTLINE_") and not _setting_exists(k)]
+        # gunicorn's own knobs, read by infra/gunicorn.conf.py, are not Settings fields.
+        assert set(unknown) <= {"SIGHTLINE_WEB_WORKERS", "SIGHTLINE_WEB_THREADS"}, name

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from services.errors import ConfigError, InvalidFilter
 from services.filters import parse_filters
 from services.index.base import Range
-from services.settings import DEFAULT_MODEL, IndexBackend, load_settings
+from services.settings import DEFAULT_MODEL, IndexBackend, Settings, load_settings
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,3 +67,22 @@ def test_filter_expressions() -> None:
     for bad in ["price>=cheap", "=x", "colour", "a<"]:
         with pytest.raises(InvalidFilter):
             parse_filters([bad])
+
+
+def test_replication_settings_reach_the_server_adapter() -> None:
+    from services.index.server import ServerIndex
+    from services.runtime import build_index
+
+    with pytest.raises(ValidationError, match="write_consistency_factor"):
+        Settings(index={"replication_factor": 2, "write_consistency_factor": 3})
+    settings = Settings(
+        index={
+            "backend": "server",
+            "url": "http://127.0.0.1:1",  # never contacted: the client connects lazily
+            "replication_factor": 2,
+            "write_consistency_factor": 2,
+        }
+    )
+    index = build_index(settings)
+    assert isinstance(index, ServerIndex)
+    assert (index.storage.replication_factor, index.storage.write_consistency_factor) == (2, 2)

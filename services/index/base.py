@@ -41,6 +41,10 @@ class VectorStorage:
     quantization: str = "none"  # none | int8
     on_disk: bool = False
     oversampling: float = 2.0
+    # Qdrant cluster (server adapter): copies of each shard, and how many must acknowledge
+    # a write before it counts.
+    replication_factor: int = 1
+    write_consistency_factor: int = 1
 
     @property
     def quantized(self) -> bool:

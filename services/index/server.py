@@ -125,6 +125,8 @@ class ServerIndex(VectorIndex):
             )
             if self.storage.quantized
             else None,
+            replication_factor=self.storage.replication_factor,
+            write_consistency_factor=self.storage.write_consistency_factor,
             metadata=identity.as_dict(),
         )
 
