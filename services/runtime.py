@@ -66,16 +66,21 @@ class Collections:
         return [self.images, self.labels, self.flagged]
 
 
-def build_index(settings: Settings) -> VectorIndex:
-    """The configured index adapter (the client libraries are imported only when chosen)."""
+def vector_storage(settings: Settings) -> VectorStorage:
+    """How new collections keep their vectors and, on a cluster, their copies."""
     config = settings.index
-    storage = VectorStorage(
+    return VectorStorage(
         config.quantization,
         config.vectors_on_disk,
         config.oversampling,
         config.replication_factor,
         config.write_consistency_factor,
     )
+
+
+def build_index(settings: Settings) -> VectorIndex:
+    """The configured index adapter (the client libraries are imported only when chosen)."""
+    storage = vector_storage(settings)
     if settings.index.backend is IndexBackend.SERVER:
         from qdrant_client import QdrantClient
 

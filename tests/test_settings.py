@@ -69,20 +69,14 @@ def test_filter_expressions() -> None:
             parse_filters([bad])
 
 
-def test_replication_settings_reach_the_server_adapter() -> None:
-    from services.index.server import ServerIndex
-    from services.runtime import build_index
+def test_replication_settings_reach_the_index_adapters() -> None:
+    from services.runtime import vector_storage
 
     with pytest.raises(ValidationError, match="write_consistency_factor"):
         Settings(index={"replication_factor": 2, "write_consistency_factor": 3})
     settings = Settings(
-        index={
-            "backend": "server",
-            "url": "http://127.0.0.1:1",  # never contacted: the client connects lazily
-            "replication_factor": 2,
-            "write_consistency_factor": 2,
-        }
+        index={"replication_factor": 3, "write_consistency_factor": 2, "quantization": "int8"}
     )
-    index = build_index(settings)
-    assert isinstance(index, ServerIndex)
-    assert (index.storage.replication_factor, index.storage.write_consistency_factor) == (2, 2)
+    storage = vector_storage(settings)
+    assert (storage.replication_factor, storage.write_consistency_factor) == (3, 2)
+    assert storage.quantized
