@@ -240,6 +240,11 @@ class WebSettings(BaseModel):
         default=None, description="Signs sessions; required unless fully embedded."
     )
     rate_limit: str = Field(default="600/minute", description="Per API key (flask-limiter syntax).")
+    dashboard_image_rate_limit: str = Field(
+        default="6000/minute",
+        description="Dashboard thumbnails and originals, per signed-in user: a results page "
+        "shows dozens, and paging quickly must not break them.",
+    )
     rate_limit_storage: str | None = Field(
         default=None, description="limits storage URI; defaults to the broker's Redis, else memory."
     )

@@ -15,8 +15,11 @@ from services.auth.accounts import (
     hash_password,
     verify_password,
 )
+from services.auth.principal import Scope
+from services.encoder import Encoder
+from services.settings import Settings
 from services.tagging.taxonomy import parse_taxonomy
-from tests.api_fixtures import runtime_of, settle
+from tests.api_fixtures import make_app, runtime_of, settle
 from tests.conftest import ADMIN, png_bytes, set_taxonomy
 
 PASSWORD = "correct horse battery"
@@ -148,3 +151,44 @@ def test_login_attempts_are_rate_limited(app: Flask, client: FlaskClient) -> Non
         for _ in range(21)
     ]
     assert codes[:20] == [401] * 20 and codes[20] == 429
+
+
+def test_dashboard_images_fit_browsing_and_are_cacheable(
+    settings: Settings, encoder: Encoder
+) -> None:
+    """With an API limit of 5 a minute, a signed-in user still pages through 30
+    thumbnails (their own, larger budget), an API key is stopped at 5, and a browser that
+    has a thumbnail revalidates it by ETag (304, no body)."""
+    settings.web.rate_limit = "5/minute"
+    app = make_app(settings, encoder)
+    try:
+        client = app.test_client()
+        runtime = runtime_of(app)
+        image_id = runtime.store.put(png_bytes(3, size=(64, 48)))
+        runtime.uploads.ingest_stored(ADMIN, [image_id])
+        settle(app)
+        login(client, app)
+        codes = [
+            client.get(f"/admin/images/{image_id}/thumbnail?size=128").status_code
+            for _ in range(30)
+        ]
+        assert codes == [200] * 30
+        first = client.get(f"/admin/images/{image_id}/thumbnail?size=128")
+        assert "immutable" in first.headers["Cache-Control"] and first.headers["ETag"]
+        again = client.get(
+            f"/admin/images/{image_id}/thumbnail?size=128",
+            headers={"If-None-Match": first.headers["ETag"]},
+        )
+        assert again.status_code == 304 and again.data == b""
+        _, token = runtime.access.create_key(ADMIN, "k", [Scope.SEARCH])
+        api = [
+            app.test_client()
+            .get(
+                f"/api/v1/images/{image_id}/thumbnail", headers={"Authorization": f"Bearer {token}"}
+            )
+            .status_code
+            for _ in range(7)
+        ]
+        assert api[:5] == [200] * 5 and api[5:] == [429, 429]
+    finally:
+        runtime_of(app).close()

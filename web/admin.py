@@ -175,21 +175,31 @@ def home() -> ResponseReturnValue:
 # -- images ----------------------------------------------------------------------------
 
 
+# Image ids are content hashes: the bytes behind a URL never change, so browsers may keep
+# them (privately: what a user may see is decided per request) and revalidate by ETag.
+IMMUTABLE = "private, max-age=604800, immutable"
+
+
+def _cacheable(data: bytes, mimetype: str, tag: str) -> ResponseReturnValue:
+    response = Response(data, mimetype=mimetype, headers={"Cache-Control": IMMUTABLE})
+    response.set_etag(tag)
+    return response.make_conditional(request)  # 304 when the browser already has it
+
+
 @bp.get("/images/<image_id>/thumbnail")
 @login_required
 def thumbnail(image_id: str) -> ResponseReturnValue:
     size = request.args.get("size", "256")
     size_px = int(size) if size.isascii() and size.isdigit() and len(size) < 5 else 256
     data = runtime().search.thumbnail(caller(), image_id, size_px)
-    return Response(data, mimetype="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+    return _cacheable(data, "image/jpeg", f"{image_id}-{size_px}")
 
 
 @bp.get("/images/<image_id>/file")
 @login_required
 def original(image_id: str) -> ResponseReturnValue:
     data, fmt = runtime().search.original(caller(), image_id)
-    mime = f"image/{(fmt or 'jpeg').lower()}"
-    return Response(data, mimetype=mime, headers={"Cache-Control": "private, max-age=3600"})
+    return _cacheable(data, f"image/{(fmt or 'jpeg').lower()}", image_id)
 
 
 def _tag_filters(dimensions: list[str]) -> tuple[list[str], dict[str, str]]:

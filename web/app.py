@@ -141,5 +141,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.view_functions["admin.login"] = cast(
         "RouteCallable", login_budget(app.view_functions["admin.login"])
     )
+    # Dashboard images get a budget that fits browsing, per signed-in user (_rate_key);
+    # API keys keep the default limit, thumbnails included.
+    browsing = limiter.limit(settings.web.dashboard_image_rate_limit, key_func=_rate_key)
+    for view in ("admin.thumbnail", "admin.original"):
+        app.view_functions[view] = cast("RouteCallable", browsing(app.view_functions[view]))
     app.register_blueprint(health.bp)
     return app
