@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import getpass
+from pathlib import Path
+
+import typer
 
 from services.auth.principal import Principal, operator
 from services.runtime import Runtime, build_runtime
@@ -34,3 +37,17 @@ def finish_job(runtime: Runtime, job_id: str, timeout_s: float) -> dict[str, obj
     data = runtime.jobs.get(caller(), job_id).as_dict()
     runtime.close()
     return data
+
+
+def stored_id(runtime: Runtime, ref: str) -> str:
+    """A stored image's full id from what was typed: the id or a unique prefix of at least
+    6 hex digits (the results table prints 12). Something that looks like a path is a
+    missing file, not an unknown id.
+
+    Raises:
+        typer.BadParameter: a path that does not exist.
+        NotFound, InvalidInput: no image, or more than one, starts so.
+    """
+    if "/" in ref or "\\" in ref or Path(ref).suffix:
+        raise typer.BadParameter(f"no such file: {ref}")
+    return runtime.store.resolve(ref)

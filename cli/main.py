@@ -12,7 +12,7 @@ import typer
 from tqdm import tqdm
 
 from cli import tagging
-from cli.context import caller, finish_job, open_runtime
+from cli.context import caller, finish_job, open_runtime, stored_id
 from cli.metadata import load_metadata, metadata_for
 from cli.output import emit_json, hits_as_dicts, print_hits, print_job
 from cli.remote import URL_ENV, Remote, RemoteError
@@ -184,7 +184,8 @@ def similar(
     if path.is_file():
         hits = runtime.search.by_image(caller(), path.read_bytes(), k=k, flt=flt, group_by=one_per)
     else:
-        hits = runtime.search.similar(caller(), ref, k=k, flt=flt, group_by=one_per)
+        image_id = stored_id(runtime, ref)
+        hits = runtime.search.similar(caller(), image_id, k=k, flt=flt, group_by=one_per)
     runtime.close()
     emit_json(hits_as_dicts(hits)) if as_json else print_hits(hits)
 
@@ -356,12 +357,14 @@ def reembed(
 
 @app.command()
 def delete(
-    image_ids: Annotated[list[str], typer.Argument(help="Image ids (sha256) to delete.")],
+    image_ids: Annotated[
+        list[str], typer.Argument(help="Image ids (sha256, or unique prefixes) to delete.")
+    ],
     as_json: JsonOpt = False,
 ) -> None:
     """Delete images from the index, the store and the thumbnails (a job; audited)."""
     runtime = open_runtime()
-    job_id = runtime.uploads.delete(caller(), image_ids)
+    job_id = runtime.uploads.delete(caller(), [stored_id(runtime, ref) for ref in image_ids])
     print_job(finish_job(runtime, job_id, timeout_s=600), as_json)
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.context import caller, finish_job, open_runtime
+from cli.context import caller, finish_job, open_runtime, stored_id
 from cli.output import emit_json, print_job
 from cli.remote import Remote
 from services.settings import load_settings
@@ -108,7 +108,7 @@ def tag(
         if path.is_file():
             result = runtime.tagging.tag_bytes(caller(), path.read_bytes(), **options)
         else:
-            result = runtime.tagging.tag_stored(caller(), ref, **options)
+            result = runtime.tagging.tag_stored(caller(), stored_id(runtime, ref), **options)
         runtime.close()
         data = result.as_dict()
     if as_json:

@@ -151,3 +151,25 @@ def test_runtime_on_object_storage(
         assert not settings.images_path.exists()
     finally:
         runtime.close()
+
+
+def test_unique_prefixes_resolve_to_stored_ids(blobs: Blobs) -> None:
+    from services.errors import InvalidInput
+
+    store = ImageStore(blobs)
+    ids = [store.put(png_bytes(i)) for i in range(40)]
+    for image_id in ids:
+        assert store.resolve(image_id[:8]) == image_id
+        assert store.resolve(image_id.upper()) == image_id
+    # Two ids that share a prefix: it is ambiguous until it is long enough.
+    first, second = "abcdef" + "0" * 58, "abcdef" + "1" * 58
+    for image_id in (first, second):
+        blobs.put(ImageStore.key_for(image_id), b"x")
+    with pytest.raises(InvalidInput, match="ambiguous"):
+        store.resolve("abcdef")
+    assert store.resolve("abcdef1") == second
+    with pytest.raises(NotFound):
+        store.resolve("abcdee")
+    for bad in ("abc", "xyzxyzxyz", "../../etc"):
+        with pytest.raises(InvalidInput):
+            store.resolve(bad)

@@ -83,6 +83,17 @@ def test_ingest_search_similar_match_brute_force(env, catalog, tiny_model_dir) -
     assert [h["image_id"] for h in hits] == [
         w[0] for w in top_k(vectors[2], ids, vectors, 4, lambda i: i != 2)
     ]
+    # The 12 characters the results table prints are enough, as with git's short ids.
+    short = json.loads(run(env, "similar", ids[2][:12], "-k", "4", "--json").stdout)
+    assert short == hits
+    missing = run(env, "similar", "no-such-photo.jpg", check=False)
+    assert missing.returncode == 2 and "no such file: no-such-photo.jpg" in missing.stderr
+    unknown = run(
+        env, "similar", "f" * 8 if not ids[2].startswith("f" * 8) else "0" * 8, check=False
+    )
+    assert unknown.returncode == 2 and "no stored image id starts with" in unknown.stderr
+    too_short = run(env, "similar", ids[2][:4], check=False)
+    assert too_short.returncode == 2 and "at least 6 hex digits" in too_short.stderr
 
     titled = json.loads(run(env, "search", "x", "--where", "price>=20", "--json").stdout)
     assert [h["payload"]["title"] for h in titled] == ["Blue shoe"]

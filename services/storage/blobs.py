@@ -124,9 +124,11 @@ class FileBlobs(Blobs):
         return True
 
     def list_keys(self, prefix: str = "") -> Iterator[str]:
-        if not self.root.is_dir():
+        folder, _, _ = prefix.rpartition("/")
+        start = self._path(folder) if folder else self.root
+        if not start.is_dir():
             return
-        for path in self.root.rglob("*"):
+        for path in start.rglob("*"):
             if path.is_file() and not path.name.startswith("."):
                 key = path.relative_to(self.root).as_posix()
                 if key.startswith(prefix):
