@@ -28,6 +28,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # a killed worker). Kombu's default scans every 100 s; scan every few seconds.
         "unacked_restore_interval": max(1, min(10, q.visibility_timeout_s // 5)),
         "unacked_restore_throttle": 1,
+        # The scan holds a Redis lock that lives this long (kombu: 300 s) if its holder dies
+        # mid-scan: a worker SIGKILLed during a scan would hold up every redelivery for five
+        # minutes. A scan takes milliseconds; keep the lock's life short.
+        "unacked_mutex_expire": max(5, min(30, q.visibility_timeout_s)),
     }
     return {
         "broker_url": q.broker_url,
