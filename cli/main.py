@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from tqdm import tqdm
 
-from cli import tagging
+from cli import moderation, tagging
 from cli.context import caller, finish_job, open_runtime, stored_id
 from cli.metadata import load_metadata, metadata_for
 from cli.output import emit_json, hits_as_dicts, print_hits, print_job
@@ -428,6 +428,7 @@ def dead_drop(letter_id: Annotated[str, typer.Argument(help="A dead letter's id.
 
 
 app.add_typer(tagging.taxonomy_app, name="taxonomy")
+app.add_typer(moderation.moderation_app, name="moderation")
 app.command("tag")(tagging.tag)
 app.command("retag")(tagging.retag)
 app.command("eval")(tagging.evaluate)

@@ -14,6 +14,7 @@ from werkzeug.serving import make_server
 
 from services.auth.principal import Scope
 from services.encoder import Encoder
+from services.ids import sha256_hex
 from services.runtime import Runtime
 from services.settings import Settings
 from tests.api_fixtures import make_app, runtime_of, settle
@@ -134,3 +135,75 @@ def test_a_locked_embedded_index_points_to_remote_mode(
     lines = [line for line in locked.stderr.strip().splitlines() if line.startswith("error")]
     assert len(lines) == 1 and "in use by another process" in lines[0]
     assert "SIGHTLINE_URL" in lines[0] and "SIGHTLINE_API_KEY" in lines[0]
+
+
+def _moderation_round_trip(env: dict[str, str], folder: Path, settle_: object) -> None:
+    """Flag a file, see its stored copy quarantined by the scan, check files, reject the
+    copy, read the audit log and unflag: the same commands and JSON locally and remotely."""
+    flagged_file, other = folder / "p0.png", folder / "p1.png"
+    copy_id = sha256_hex(flagged_file.read_bytes())
+    added = json.loads(
+        run(
+            env,
+            "moderation",
+            "flag",
+            str(flagged_file),
+            "-c",
+            "weapons",
+            "--threshold",
+            "1.0",
+            "--note",
+            "known bad",
+            "--json",
+        ).stdout
+    )
+    assert added["entry"]["category"] == "weapons" and added["scan_job_id"]
+    assert callable(settle_) and settle_()
+    queue = json.loads(run(env, "moderation", "queue", "--json").stdout)
+    assert [i["image_id"] for i in queue["items"]] == [copy_id] and queue["pending"] == 1
+    assert queue["items"][0]["matches"][0]["entry_id"] == added["entry"]["id"]
+
+    hit = run(env, "moderation", "check", str(flagged_file), check=False)
+    assert hit.returncode == 1 and hit.stdout.startswith("quarantined (weapons)"), hit.stderr
+    assert added["entry"]["id"][:8] in hit.stdout  # the match and its signal are shown
+    clear = json.loads(run(env, "moderation", "check", str(other), "--json").stdout)
+    assert clear["verdict"] == "clear"
+    missing = run(env, "moderation", "check", str(folder / "gone.png"), check=False)
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+
+    done = run(env, "moderation", "reject", copy_id, "--reason", "a copy")
+    assert "ok" in done.stdout
+    assert json.loads(run(env, "moderation", "queue", "--json").stdout)["items"] == []
+    events = json.loads(run(env, "moderation", "audit", "--target", copy_id, "--json").stdout)
+    assert any(
+        e["action"].startswith("moderation.reject") or "reject" in e["action"] for e in events
+    )
+
+    entries = json.loads(run(env, "moderation", "flagged", "--json").stdout)
+    assert [e["id"] for e in entries] == [added["entry"]["id"]]
+    run(env, "moderation", "unflag", added["entry"]["id"])
+    assert json.loads(run(env, "moderation", "flagged", "--json").stdout) == []
+
+
+def _photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"p{i}.png").write_bytes(png_bytes(i, size=(64, 48)))
+    return folder
+
+
+def test_moderation_commands_remote(
+    served: tuple[str, str, Runtime], remote_env: dict[str, str], tmp_path: Path
+) -> None:
+    _, _, runtime = served
+    folder = _photos(tmp_path)
+    run(remote_env, "ingest", str(folder))
+    assert runtime.wait_idle(timeout_s=60)
+    _moderation_round_trip(remote_env, folder, lambda: runtime.wait_idle(timeout_s=60))
+
+
+def test_moderation_commands_local(env: dict[str, str], tmp_path: Path) -> None:
+    folder = _photos(tmp_path)
+    run(env, "ingest", str(folder))
+    _moderation_round_trip(env, folder, lambda: True)  # no broker: the CLI waits for its scan
