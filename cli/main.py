@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from tqdm import tqdm
 
-from cli import moderation, tagging
+from cli import backup, moderation, tagging
 from cli.context import caller, finish_job, open_runtime, stored_id
 from cli.metadata import load_metadata, metadata_for
 from cli.output import emit_json, hits_as_dicts, print_hits, print_job
@@ -429,6 +429,7 @@ def dead_drop(letter_id: Annotated[str, typer.Argument(help="A dead letter's id.
 
 app.add_typer(tagging.taxonomy_app, name="taxonomy")
 app.add_typer(moderation.moderation_app, name="moderation")
+app.add_typer(backup.backup_app, name="backup")
 app.command("tag")(tagging.tag)
 app.command("retag")(tagging.retag)
 app.command("eval")(tagging.evaluate)
@@ -521,6 +522,21 @@ def serve(
     run_simple(host, port, flask_app, threaded=True, use_reloader=False)
 
 
+def _cli_command() -> str:
+    """How to run this CLI from the current folder: ``sightline`` when it is on PATH, else
+    the clone's wrapper (``./sightline``), which a fresh clone has and PATH does not."""
+    import shutil
+
+    on_path = shutil.which("sightline")
+    if on_path and Path(on_path).resolve() == Path(sys.argv[0]).resolve():
+        return "sightline"
+    wrapper = Path(__file__).resolve().parent.parent / "sightline"
+    if wrapper.is_file():
+        rel = os.path.relpath(wrapper)
+        return rel if "/" in rel else f"./{rel}"
+    return "sightline"
+
+
 @app.command()
 def demo(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
@@ -535,7 +551,6 @@ def demo(
     Uses the small CLIP this project trains on synthetic products (a demo and test asset,
     not a production model). Data goes to SIGHTLINE_DATA_DIR (default data/demo).
     """
-    import os
     import secrets
 
     from demo.catalog import DEMO_MODEL, catalog_items, flagged_copies, flagged_examples
@@ -578,7 +593,7 @@ def demo(
 Dashboard: {base}/admin  (user admin, password {password})
 The CLI against this server (no second model, no index lock), in another shell:
   export SIGHTLINE_URL={base} SIGHTLINE_API_KEY={token}
-  sightline search "red striped dress" -k 5
+  {_cli_command()} search "red striped dress" -k 5
 Try (API key for this demo: {token}):
   export TOKEN={token}
   curl -s -H "Authorization: Bearer $TOKEN" "{base}/api/v1/search?q=red+striped+dress&k=5"

@@ -1,20 +1,25 @@
 """Gunicorn settings for the Sightline API: ``gunicorn -c infra/gunicorn.conf.py web.wsgi:app``.
 
-Sizing: each worker process loads the model once (ViT-B/32: ~600 MB RSS, ~35 ms per text
-query on 2 CPU cores, bound by reading the weights). Workers, not threads, give CPU
-parallelism for encoding, so run about one worker per 2 cores and a few threads each for
-I/O-bound requests (thumbnails, job status, uploads). ``preload_app`` stays off: torch
+Sizing: each worker process loads the model once (ViT-B/32: about 0.6-0.8 GB RSS, see
+docs/DEPLOY.md; ~35 ms per text query on 2 CPU cores, bound by reading the weights).
+Workers, not threads, give CPU parallelism for encoding, so run about one worker per 2
+cores and a few threads each for I/O-bound requests (thumbnails, job status, uploads). ``preload_app`` stays off: torch
 threads and open index clients do not survive ``fork`` cleanly, and the per-worker model
 load happens once at start anyway.
 """
 
-import multiprocessing
 import os
 import tempfile
 
+from services.settings import load_settings
+
+# Workers and threads are settings (SIGHTLINE_WEB__WORKERS, SIGHTLINE_WEB__THREADS), set
+# explicitly, never derived from the host's CPU count: a 32-core host would otherwise
+# start 16 workers with a model each. A bad value stops gunicorn here with its name.
+_web = load_settings().web
 bind = os.environ.get("SIGHTLINE_BIND", "0.0.0.0:8000")
-workers = int(os.environ.get("SIGHTLINE_WEB_WORKERS", max(1, multiprocessing.cpu_count() // 2)))
-threads = int(os.environ.get("SIGHTLINE_WEB_THREADS", 4))
+workers = _web.workers
+threads = _web.threads
 # Each worker's model gets the cores divided by the workers (Settings.inference_threads),
 # so W workers never run more inference threads than the host has cores.
 os.environ.setdefault("SIGHTLINE_PROCESSES", str(workers))

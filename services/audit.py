@@ -75,6 +75,16 @@ class AuditLog(abc.ABC):
     def list(self, limit: int = 100, target: str | None = None) -> list[AuditEvent]:
         """The newest events (optionally about one target), newest first."""
 
+    @abc.abstractmethod
+    def events(self) -> Iterator[AuditEvent]:
+        """Every event, oldest first (a backup reads the whole log)."""
+
+    @abc.abstractmethod
+    def replay(self, events: Sequence[AuditEvent]) -> None:
+        """Append events as they were recorded elsewhere (their time, actor and reason
+        kept; ids are this log's own), in one durable write: how a restore brings a
+        log back without rewriting history."""
+
 
 @contextlib.contextmanager
 def _sqlite_errors() -> Iterator[None]:
@@ -120,11 +130,10 @@ class SqliteAuditLog(AuditLog):
             cur = self._db.execute(self._INSERT, (at, actor, action, target, reason, body))
         return AuditEvent(str(cur.lastrowid), at, actor, action, target, reason, json.loads(body))
 
-    def record_many(self, actor: str, action: str, entries: Sequence[Entry]) -> None:
-        if not entries:
+    def _insert(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Rows in one transaction: all of them are recorded, or none."""
+        if not rows:
             return
-        at = _now()
-        rows = [(at, actor, action, t, r, _details(d)) for t, r, d in entries]
         with self._lock, _sqlite_errors():
             self._db.execute("BEGIN")
             try:
@@ -133,6 +142,30 @@ class SqliteAuditLog(AuditLog):
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def record_many(self, actor: str, action: str, entries: Sequence[Entry]) -> None:
+        at = _now()
+        self._insert([(at, actor, action, t, r, _details(d)) for t, r, d in entries])
+
+    def events(self) -> Iterator[AuditEvent]:
+        last = 0
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT id, at, actor, action, target, reason, details FROM audit "
+                    "WHERE id > ? ORDER BY id LIMIT 1000",
+                    (last,),
+                ).fetchall()
+            if not rows:
+                return
+            for r in rows:
+                yield AuditEvent(str(r[0]), r[1], r[2], r[3], r[4], r[5], json.loads(r[6]))
+            last = rows[-1][0]
+
+    def replay(self, events: Sequence[AuditEvent]) -> None:
+        self._insert(
+            [(e.at, e.actor, e.action, e.target, e.reason, _details(e.details)) for e in events]
+        )
 
     def list(self, limit: int = 100, target: str | None = None) -> list[AuditEvent]:
         query = "SELECT id, at, actor, action, target, reason, details FROM audit"
@@ -177,6 +210,33 @@ class RedisAuditLog(AuditLog):
         pipe = self.r.pipeline(transaction=True)
         for target, reason, details in entries:
             pipe.xadd(self.key, self._fields(actor, action, target, reason, details))
+        try:
+            pipe.execute()
+        except redis.RedisError as e:
+            raise BrokerUnavailable(f"cannot write the audit log: {e}") from e
+
+    def events(self) -> Iterator[AuditEvent]:
+        start = "-"
+        while True:
+            page = self.r.xrange(self.key, min=start, max="+", count=1000)
+            if not page:
+                return
+            for event_id, f in page:
+                yield self._event(event_id, f)
+            last = page[-1][0]
+            start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+
+    def replay(self, events: Sequence[AuditEvent]) -> None:
+        import redis
+
+        if not events:
+            return
+        pipe = self.r.pipeline(transaction=True)
+        for event in events:
+            fields = self._fields(
+                event.actor, event.action, event.target, event.reason, event.details
+            )
+            pipe.xadd(self.key, {**fields, "at": event.at})
         try:
             pipe.execute()
         except redis.RedisError as e:

@@ -116,6 +116,13 @@ class FetchRefused(InvalidInput):
     code = "fetch_refused"
 
 
+class InvalidBackup(InvalidInput):
+    """A backup that is incomplete, of a newer format, or whose files fail their
+    checksums; nothing was restored from it."""
+
+    code = "invalid_backup"
+
+
 # -- conflicts -------------------------------------------------------------------------------
 
 

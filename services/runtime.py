@@ -18,6 +18,7 @@ from services.audit import AuditLog, RedisAuditLog, SqliteAuditLog
 from services.auth.accounts import AccountStore, RedisAccountStore, SqliteAccountStore
 from services.auth.apikeys import KeyStore, RedisKeyStore, SqliteKeyStore
 from services.auth.service import AccessService
+from services.backup.service import BackupService, Stores
 from services.encoder import Encoder
 from services.errors import ConfigError, SightlineError, Unavailable
 from services.index.base import VectorIndex, VectorStorage
@@ -218,6 +219,7 @@ class Runtime:
     access: AccessService
     ingestor: Ingestor
     pipeline: Pipeline
+    backups: BackupService
     worker: LocalWorker | None = None
 
     @property
@@ -318,7 +320,8 @@ def build_runtime(
     thumbnails = ThumbnailStore(blobs("thumbnails"), store, limits)
     audit = build_audit_log(settings)
     jobs = JobService(build_job_store(settings), dispatcher, settings.queue.visibility_timeout_s)
-    labels = LabelBank(encoder, index, collections.labels, build_taxonomy_store(settings))
+    taxonomy_store = build_taxonomy_store(settings)
+    labels = LabelBank(encoder, index, collections.labels, taxonomy_store)
     tagger = Tagger(encoder, labels, RapidOcrReader(), limits)
     flagged_originals = ImageStore(blobs("flagged"))
     flagged = FlaggedSet(
@@ -337,6 +340,9 @@ def build_runtime(
     )
     indexer = Indexer(encoder, index, collections.images, thumbnails, tagger, flagged, audit)
     max_bytes = limits.max_bytes
+    keys = keys or build_keys(settings)
+    accounts = accounts or build_accounts(settings)
+    stores = Stores(store, flagged_originals, taxonomy_store, keys, accounts, audit)
     runtime = Runtime(
         settings=settings,
         collections=collections,
@@ -355,9 +361,7 @@ def build_runtime(
         moderation=ModerationService(
             flagged, review, search, jobs, audit, settings.fetch, max_bytes
         ),
-        access=AccessService(
-            keys or build_keys(settings), accounts or build_accounts(settings), audit
-        ),
+        access=AccessService(keys, accounts, audit),
         ingestor=Ingestor(store, indexer, limits, audit, settings.batch_size),
         pipeline=Pipeline(
             store=store,
@@ -372,6 +376,7 @@ def build_runtime(
             audit=audit,
             moderation=settings.moderation,
         ),
+        backups=BackupService(index, stores, blobs("backups")),
     )
     if isinstance(dispatcher, LocalQueue):
         q = settings.queue

@@ -251,6 +251,21 @@ class WebSettings(BaseModel):
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_files_per_upload: int = Field(default=256, ge=1)
     metrics_public: bool = Field(default=True, description="Serve /metrics without a key.")
+    workers: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="gunicorn worker processes (infra/gunicorn.conf.py). Each loads the "
+        "model (ViT-B/32: about 0.6-0.8 GB RSS), so this is a memory decision, not a core "
+        "count: scale out with more pods or hosts, not more workers per host.",
+    )
+    threads: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="gunicorn threads per worker, for I/O-bound requests (thumbnails, uploads, "
+        "job status); encoding is shared between them.",
+    )
     trusted_proxies: int = Field(
         default=0,
         ge=0,

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from services.errors import ConfigError
+
 INFRA = Path(__file__).resolve().parent.parent / "infra"
 
 
@@ -84,7 +86,7 @@ def test_gunicorn_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     # The config shares the cores among its workers through SIGHTLINE_PROCESSES, but
     # leaves a value set by hand alone (monkeypatch restores it afterwards).
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/nonexistent/metrics")  # kept, restored
-    monkeypatch.setenv("SIGHTLINE_WEB_WORKERS", "3")
+    monkeypatch.setenv("SIGHTLINE_WEB__WORKERS", "3")
     monkeypatch.setenv("SIGHTLINE_PROCESSES", "5")
     conf = runpy.run_path(str(INFRA / "gunicorn.conf.py"))
     assert conf["workers"] == 3 and os.environ["SIGHTLINE_PROCESSES"] == "5"
@@ -94,7 +96,11 @@ def test_gunicorn_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SIGHTLINE_PROCESSES", "1")  # restored to unset at teardown
     conf = runpy.run_path(str(INFRA / "gunicorn.conf.py"))
     assert conf["worker_class"] == "gthread" and conf["preload_app"] is False
-    assert conf["workers"] >= 1
+    monkeypatch.delenv("SIGHTLINE_WEB__WORKERS")  # the default is a number, not the CPUs
+    assert runpy.run_path(str(INFRA / "gunicorn.conf.py"))["workers"] == 2
+    monkeypatch.setenv("SIGHTLINE_WEB__WORKERS", "0")
+    with pytest.raises(ConfigError, match="SIGHTLINE_WEB__WORKERS"):
+        runpy.run_path(str(INFRA / "gunicorn.conf.py"))
 
 
 K8S = INFRA / "k8s"
@@ -170,10 +176,31 @@ def test_kubernetes_deployment_shape() -> None:
         assert pod["securityContext"]["runAsUser"] == 10001
 
 
+def test_kubernetes_disruption_budgets_and_nightly_backup() -> None:
+    docs = {
+        (d["kind"], d["metadata"]["name"]): d
+        for path in K8S.glob("*.yaml")
+        if path.name != "kustomization.yaml"
+        for d in yaml.safe_load_all(path.read_text())
+    }
+    labels = {
+        name: d["spec"]["template"]["metadata"]["labels"]
+        for (kind, name), d in docs.items()
+        if kind in ("Deployment", "StatefulSet")
+    }
+    budgets = {n: d["spec"] for (k, n), d in docs.items() if k == "PodDisruptionBudget"}
+    for name in ("api", "worker-ingest", "qdrant"):
+        assert budgets[name]["selector"]["matchLabels"] == labels[name], name
+    assert budgets["qdrant"]["maxUnavailable"] == 1  # a peer may go: every shard has 2 copies
+    job = docs[("CronJob", "backup")]["spec"]
+    container = job["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["sightline", "backup", "create"]
+    assert job["concurrencyPolicy"] == "Forbid"
+
+
 def test_compose_settings_exist() -> None:
     compose = yaml.safe_load((INFRA / "compose.yaml").read_text())
     for name, service in compose["services"].items():
         env = service.get("environment") or {}
         unknown = [k for k in env if k.startswith("SIGHTLINE_") and not _setting_exists(k)]
-        # gunicorn's own knobs, read by infra/gunicorn.conf.py, are not Settings fields.
-        assert set(unknown) <= {"SIGHTLINE_WEB_WORKERS", "SIGHTLINE_WEB_THREADS"}, name
+        assert unknown == [], name

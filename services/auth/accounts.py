@@ -86,6 +86,21 @@ class AccountStore(abc.ABC):
     def usernames(self) -> list[str]:
         """Every account name."""
 
+    def export(self) -> dict[str, dict[str, Any]]:
+        """Every account's record (password hash, no sessions), for a backup."""
+        out = {}
+        for username in self.usernames():
+            record = self._load(username)
+            if record is not None:
+                out[username] = {k: v for k, v in record.items() if k != "sessions"}
+        return out
+
+    def restore(self, records: dict[str, dict[str, Any]]) -> int:
+        """Write exported accounts back (same name: replaced, its sessions ended)."""
+        for username, record in records.items():
+            self._save(username, {k: v for k, v in record.items() if k != "sessions"})
+        return len(records)
+
     def create(self, username: str, password: str) -> Account:
         """Create or reset an account (a reset ends its sessions).
 

@@ -8,6 +8,7 @@ right here: the secret is random, not a password, so there is nothing to brute-f
 from __future__ import annotations
 
 import abc
+import builtins
 import datetime as dt
 import hashlib
 import hmac
@@ -111,6 +112,24 @@ class KeyStore(abc.ABC):
     @abc.abstractmethod
     def list(self) -> list[ApiKey]:
         """Every key, revoked ones included."""
+
+    def export(self) -> builtins.list[dict[str, Any]]:
+        """Every key record with its secret's digest (for a backup: never a secret)."""
+        rows = []
+        for key in self.list():
+            found = self._load(key.id)
+            if found is not None:
+                rows.append({"record": found[0].as_dict(), "digest": found[1]})
+        return rows
+
+    def restore(self, rows: Iterable[dict[str, Any]]) -> int:
+        """Write exported records back (same id: replaced); the number written. Tokens
+        issued before the backup work again, as their digests come back with them."""
+        count = 0
+        for row in rows:
+            self._save(_key_from(row["record"]), str(row["digest"]))
+            count += 1
+        return count
 
 
 def _key_from(record: dict[str, Any]) -> ApiKey:

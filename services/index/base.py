@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from services.encoder import ModelIdentity
-from services.errors import ModelMismatch
+from services.errors import IndexUnavailable, ModelMismatch
 
 # Filter values are strings or integers: qdrant-edge-py 0.9.0 cannot match booleans
 # (MatchValue(True) matches nothing), so the contract leaves them out for both adapters.
@@ -268,6 +268,15 @@ class VectorIndex(abc.ABC):
     @abc.abstractmethod
     def set_active_prefix(self, prefix: str) -> None:
         """Switch the deployment to the collections under ``prefix`` (atomically)."""
+
+    def snapshot(self, name: str) -> str:
+        """Have the engine take a snapshot of its own of one collection, kept where the
+        engine keeps them (a Qdrant server's snapshot storage); the snapshot's name.
+
+        Raises:
+            IndexUnavailable: this deployment takes no server-side snapshots.
+        """
+        raise IndexUnavailable(f"{type(self).__name__} takes no server-side snapshots")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release files and connections."""

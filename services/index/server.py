@@ -324,5 +324,16 @@ class ServerIndex(VectorIndex):
             change_aliases_operations=ops,
         )
 
+    def snapshot(self, name: str) -> str:
+        try:
+            description = self._call(
+                "create_snapshot", self.client.create_snapshot, name, wait=True
+            )
+        except NotImplementedError as e:  # qdrant-client's local mode
+            raise IndexUnavailable(f"this Qdrant takes no snapshots: {e}") from e
+        if description is None:
+            raise IndexUnavailable(f"Qdrant returned no snapshot for {name!r}")
+        return str(description.name)
+
     def close(self) -> None:
         self.client.close()

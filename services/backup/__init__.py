@@ -1,0 +1,1 @@
+"""Whole-deployment backups: the format, and taking and restoring them."""
