@@ -268,7 +268,7 @@ def worker(
     from services.jobs.kinds import INGEST_QUEUE
 
     settings = load_settings()
-    if not settings.queue.broker_url:
+    if not settings.queue.broker:
         raise ConfigError("a worker needs SIGHTLINE_QUEUE__BROKER_URL (a redis:// URL)")
     names = [q.strip() for q in queues.split(",") if q.strip()]
     # Each child (prefork) or thread (threads pool) may encode at once: share the cores

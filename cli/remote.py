@@ -9,6 +9,7 @@ messages.
 
 from __future__ import annotations
 
+import ipaddress
 import mimetypes
 import os
 from collections.abc import Iterator, Sequence
@@ -29,11 +30,31 @@ class RemoteError(Exception):
     """The service refused a request or could not be reached; the message says why."""
 
 
+def _cleartext_to_another_host(url: str) -> bool:
+    """True for ``http://`` to anything but this machine (a key sent there can be read)."""
+    parsed = httpx.URL(url)
+    if parsed.scheme != "http":
+        return False
+    host = parsed.host.strip("[]")
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
 class Remote:
     """An API client for one service and key."""
 
     def __init__(self, url: str, key: str, transport: httpx.BaseTransport | None = None):
         self.base = url.rstrip("/")
+        if _cleartext_to_another_host(self.base):
+            typer.echo(
+                f"warning: {URL_ENV} is plain http to another host: the API key crosses the "
+                "network readable; use https",
+                err=True,
+            )
         self.http = httpx.Client(
             base_url=f"{self.base}/api/v1",
             headers={"Authorization": f"Bearer {key}"},

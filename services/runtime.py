@@ -141,28 +141,28 @@ def redis_client(url: str) -> Redis:
 
 def build_taxonomy_store(settings: Settings) -> TaxonomyStore:
     """Redis when there is a broker (every process reads it), else a file beside the data."""
-    if url := settings.queue.broker_url:
+    if url := settings.queue.broker:
         return RedisTaxonomyStore(redis_client(url))
     return FileTaxonomyStore(settings.data_dir / "taxonomy.json")
 
 
 def build_audit_log(settings: Settings) -> AuditLog:
     """Redis stream with a broker (shared by every process), else SQLite beside the data."""
-    if url := settings.queue.broker_url:
+    if url := settings.queue.broker:
         return RedisAuditLog(redis_client(url))
     return SqliteAuditLog(settings.data_dir / "audit.sqlite")
 
 
 def build_keys(settings: Settings) -> KeyStore:
     """Redis when there is a broker (shared by every process), else a SQLite file."""
-    if url := settings.queue.broker_url:
+    if url := settings.queue.broker:
         return RedisKeyStore(redis_client(url))
     return SqliteKeyStore(settings.data_dir / "auth.sqlite")
 
 
 def build_accounts(settings: Settings) -> AccountStore:
     """Dashboard accounts beside the API keys: Redis with a broker, else SQLite."""
-    if url := settings.queue.broker_url:
+    if url := settings.queue.broker:
         return RedisAccountStore(redis_client(url))
     return SqliteAccountStore(settings.data_dir / "auth.sqlite")
 
@@ -180,7 +180,7 @@ def build_access(
 
 def build_job_store(settings: Settings) -> JobStore:
     """Redis with a broker (every process reads it), else this process's memory."""
-    if url := settings.queue.broker_url:
+    if url := settings.queue.broker:
         return RedisJobStore(redis_client(url))
     return MemoryJobStore()
 
@@ -305,7 +305,7 @@ def build_runtime(
         ConfigError: a broker is configured but no dispatcher was given.
     """
     if dispatcher is None:
-        if settings.queue.broker_url:
+        if settings.queue.broker:
             raise ConfigError("a broker is configured: pass its dispatcher to build_runtime")
         dispatcher = LocalQueue()
     encoder = encoder or build_encoder(settings)

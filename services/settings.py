@@ -136,10 +136,14 @@ class ImageLimits(BaseModel):
 class QueueSettings(BaseModel):
     """Event delivery: Celery over Redis, or in-process when no broker is configured."""
 
-    broker_url: str | None = Field(
+    # Secrets: a Redis URL carries its password (redis://:PASSWORD@host), so neither is
+    # shown when settings are printed or logged; ``broker`` and ``backend`` read them.
+    broker_url: SecretStr | None = Field(
         default=None, description="Redis URL of the Celery broker; unset = in-process queue."
     )
-    result_backend: str | None = Field(default=None, description="Defaults to the broker URL.")
+    result_backend: SecretStr | None = Field(
+        default=None, description="Defaults to the broker URL."
+    )
     visibility_timeout_s: int = Field(
         default=3600,
         ge=5,
@@ -155,6 +159,16 @@ class QueueSettings(BaseModel):
     max_deliveries: int = Field(
         default=3, ge=1, le=100, description="Deliveries of one item before it is given up."
     )
+
+    @property
+    def broker(self) -> str | None:
+        """The broker URL in clear (for the clients that connect with it)."""
+        return self.broker_url.get_secret_value() if self.broker_url else None
+
+    @property
+    def backend(self) -> str | None:
+        """The result backend URL in clear; the broker's when unset."""
+        return self.result_backend.get_secret_value() if self.result_backend else self.broker
 
 
 class FetchSettings(BaseModel):
@@ -375,7 +389,7 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         """True when everything runs in one process (embedded index, no broker)."""
-        return self.index.backend is IndexBackend.EMBEDDED and not self.queue.broker_url
+        return self.index.backend is IndexBackend.EMBEDDED and not self.queue.broker
 
     @property
     def index_path(self) -> Path:

@@ -389,7 +389,7 @@ def test_not_ready_when_broker_down_and_secret_required(
     from tests.servers import free_port
 
     settings = Settings(data_dir=tmp_path / "d", model=str(tiny_model_dir))
-    settings.queue.broker_url = f"redis://127.0.0.1:{free_port()}/0"
+    settings.queue.broker_url = SecretStr(f"redis://127.0.0.1:{free_port()}/0")
     with pytest.raises(ConfigError, match="dispatcher"):
         build_runtime(settings, encoder=encoder)  # a broker needs its (Celery) dispatcher
     with pytest.raises(ConfigError, match="SIGHTLINE_WEB__SECRET_KEY"):

@@ -4,7 +4,8 @@ as production speaks to S3 or MinIO); then the whole service graph on object sto
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import io
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,10 @@ from botocore.config import Config
 from moto.server import ThreadedMotoServer
 from pydantic import SecretStr
 
+from services.auth.principal import Scope
 from services.encoder import Encoder
 from services.errors import NotFound, StorageUnavailable
-from services.ids import sha256_hex
+from services.ids import point_id, sha256_hex
 from services.ingest.indexer import Outcome
 from services.ingest.intake import IngestItem
 from services.runtime import build_runtime
@@ -26,7 +28,9 @@ from services.storage.files import ImageStore
 from services.storage.s3 import S3Blobs
 from services.storage.thumbnails import ThumbnailStore
 from tests.conftest import ADMIN, jpeg_bytes, make_index, png_bytes
-from tests.servers import free_port
+from tests.servers import RedisServer, WorkerProcess, free_port, wait_for
+from tests.worker_fixtures import build_publisher, indexed_ids, worker_env
+from web import create_app
 
 BUCKET = "sightline-test"
 
@@ -173,3 +177,59 @@ def test_unique_prefixes_resolve_to_stored_ids(blobs: Blobs) -> None:
     for bad in ("abc", "xyzxyzxyz", "../../etc"):
         with pytest.raises(InvalidInput):
             store.resolve(bad)
+
+
+def test_api_upload_on_object_storage_is_embedded_by_a_worker_process(
+    s3_endpoint: str,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    redis_server: RedisServer,
+    make_worker: Callable[[dict[str, str]], WorkerProcess],
+) -> None:
+    """The API stores the originals in the bucket and publishes ids; a Celery worker in
+    another process, with a data folder of its own (so nothing is shared but the bucket),
+    reads each original from the bucket and embeds it: what workers on other machines do."""
+    prefix = f"api-{tmp_path.name}"
+    s3 = {
+        "SIGHTLINE_STORAGE__BACKEND": "s3",
+        "SIGHTLINE_STORAGE__BUCKET": BUCKET,
+        "SIGHTLINE_STORAGE__PREFIX": prefix,
+        "SIGHTLINE_STORAGE__ENDPOINT_URL": s3_endpoint,
+        "SIGHTLINE_STORAGE__REGION": "us-east-1",
+        "SIGHTLINE_STORAGE__ACCESS_KEY_ID": "test",
+        "SIGHTLINE_STORAGE__SECRET_ACCESS_KEY": "test",
+        "SIGHTLINE_WEB__SECRET_KEY": "test-secret",
+    }
+    api_env = worker_env(tmp_path / "api", tiny_model_dir, redis_server.url, **s3)
+    worker_env_ = worker_env(tmp_path, tiny_model_dir, redis_server.url, **s3)
+    worker = make_worker(worker_env_).start()
+    publisher = build_publisher(api_env)
+    app = create_app(publisher.settings, runtime=publisher)
+    _, token = publisher.access.create_key(ADMIN, "uploader", [Scope.INGEST])
+    files = [(io.BytesIO(png_bytes(i, size=(64, 48))), f"p{i}.png") for i in range(6)]
+    r = app.test_client().post(
+        "/api/v1/images",
+        data={"files": files},
+        headers={"Authorization": f"Bearer {token}"},
+        content_type="multipart/form-data",
+    )
+    assert r.status_code == 202, r.json
+    job_id, ids = r.json["job_id"], [a["image_id"] for a in r.json["accepted"]]
+
+    def finished() -> bool:
+        return publisher.jobs.store.get(job_id).state.value in ("done", "partial", "failed")
+
+    wait_for(finished, 120, "the worker to embed the uploads")
+    assert publisher.jobs.store.get(job_id).counts["done"] == 6
+    worker.stop()
+    assert sorted(indexed_ids(tmp_path)) == sorted(point_id(i) for i in ids)
+    keys = {
+        o["Key"]
+        for o in _client(s3_endpoint).list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]
+    }
+    for image_id in ids:  # the original came from the API, the thumbnail from the worker
+        assert f"{prefix}/images/{image_id[:2]}/{image_id[2:4]}/{image_id}" in keys
+        assert f"{prefix}/thumbnails/256/{image_id[:2]}/{image_id}.jpg" in keys
+    for side in (tmp_path / "api" / "data", tmp_path / "data"):
+        assert not (side / "images").exists() and not (side / "thumbnails").exists()
+    publisher.close()

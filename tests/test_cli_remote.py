@@ -119,6 +119,15 @@ def test_remote_errors_are_the_services_in_one_line(
     assert only_url.returncode != 0 and "SIGHTLINE_API_KEY" in only_url.stderr
 
 
+def test_a_key_sent_in_clear_to_another_host_is_warned_about() -> None:
+    from cli.remote import _cleartext_to_another_host as cleartext
+
+    assert cleartext("http://sightline.example.com:8000") and cleartext("http://10.0.0.5")
+    for url in ("https://sightline.example.com", "http://127.0.0.1:8000", "http://[::1]:80"):
+        assert not cleartext(url), url
+    assert not cleartext("http://localhost:8000")
+
+
 def test_a_locked_embedded_index_points_to_remote_mode(
     served: tuple[str, str, Runtime], tmp_path: Path, tiny_model_dir: Path
 ) -> None:

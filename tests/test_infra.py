@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import runpy
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import redis
 import yaml
 
 from services.errors import ConfigError
+from tests.servers import free_port, wait_for
 
 INFRA = Path(__file__).resolve().parent.parent / "infra"
 
@@ -32,8 +35,7 @@ def test_compose_structure() -> None:
         assert service.get("restart") == "unless-stopped", name
         assert service["deploy"]["resources"]["limits"]["memory"], name
     assert services["worker-ingest"]["command"][-3:] == ["ingest", "--concurrency", "1"]
-    assert "--appendonly" in services["redis"]["command"]
-    assert "--requirepass" in services["redis"]["command"]
+    assert "--appendonly yes" in services["redis"]["command"][2]
     gpu = services["worker-gpu"]
     assert gpu["profiles"] == ["gpu"] and gpu["environment"]["SIGHTLINE_DEVICE"] == "cuda"
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
@@ -165,7 +167,7 @@ def test_kubernetes_deployment_shape() -> None:
     unknown = [k for k in config if k.startswith("SIGHTLINE_") and not _setting_exists(k)]
     assert unknown == []
     redis = docs[("StatefulSet", "redis")]["spec"]["template"]["spec"]["containers"][0]
-    assert "--requirepass" in redis["args"][0] and "--appendonly yes" in redis["args"][0]
+    assert "requirepass" in redis["args"][0] and "--appendonly yes" in redis["args"][0]
     hpa = docs[("HorizontalPodAutoscaler", "api")]["spec"]
     assert hpa["scaleTargetRef"]["name"] == "api" and hpa["minReplicas"] >= 2
     for name in ("worker-ingest", "worker-jobs", "api"):
@@ -204,3 +206,53 @@ def test_compose_settings_exist() -> None:
         env = service.get("environment") or {}
         unknown = [k for k in env if k.startswith("SIGHTLINE_") and not _setting_exists(k)]
         assert unknown == [], name
+
+
+def _start_redis_as_deployed(script: str, tmp_path: Path, password: str) -> subprocess.Popen[bytes]:
+    """The deployment's Redis start line, run with the local redis-server on a free port."""
+    binary = shutil.which("redis-server")
+    assert binary is not None
+    port = free_port()
+    script = script.replace("exec redis-server", f"exec {binary}").replace(
+        "/tmp/auth.conf", str(tmp_path / "auth.conf")
+    )
+    script += f" --port {port} --bind 127.0.0.1 --save '' --dir {tmp_path}"
+    env = {"PATH": os.environ["PATH"], "REDIS_PASSWORD": password, "TMPDIR": str(tmp_path)}
+    proc = subprocess.Popen(["sh", "-c", script], env=env, start_new_session=True)
+    proc.port = port  # type: ignore[attr-defined]
+    return proc
+
+
+@pytest.mark.parametrize("where", ["compose", "kubernetes"])
+def test_redis_password_is_required_and_not_on_the_command_line(where: str, tmp_path: Path) -> None:
+    if where == "compose":
+        command = yaml.safe_load((INFRA / "compose.yaml").read_text())["services"]["redis"]
+        script = command["command"][2].replace("$$", "$")
+    else:
+        docs = yaml.safe_load_all((K8S / "redis.yaml").read_text())
+        sts = next(d for d in docs if d["kind"] == "StatefulSet")
+        script = sts["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    password = "f00dfeed" * 4
+    proc = _start_redis_as_deployed(script, tmp_path, password)
+    try:
+        port = proc.port  # type: ignore[attr-defined]
+        authed = redis.Redis(host="127.0.0.1", port=port, password=password)
+        wait_for(lambda: _pings(authed), 10, "redis-server as deployed")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as anonymous:
+            anonymous.sendall(b"PING\r\n")  # without the password: refused
+            assert anonymous.recv(100).startswith(b"-NOAUTH")
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()  # exec'd: the same pid
+        assert b"redis-server" in cmdline and password.encode() not in cmdline
+        assert (tmp_path / "auth.conf").stat().st_mode & 0o077 == 0
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=10)
+
+
+def _pings(client: redis.Redis) -> bool:
+    port = client.connection_pool.connection_kwargs["port"]
+    try:  # a plain connect first: redis-py retries a refused connection with backoff
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return bool(client.ping())
+    except (OSError, redis.ConnectionError):
+        return False

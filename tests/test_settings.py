@@ -80,3 +80,11 @@ def test_replication_settings_reach_the_index_adapters() -> None:
     storage = vector_storage(settings)
     assert (storage.replication_factor, storage.write_consistency_factor) == (3, 2)
     assert storage.quantized
+
+
+def test_broker_password_is_kept_out_of_printed_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIGHTLINE_QUEUE__BROKER_URL", "redis://:s3cretpw@redis:6379/0")
+    settings = load_settings()
+    assert "s3cretpw" not in repr(settings) and "s3cretpw" not in str(settings.model_dump())
+    assert settings.queue.broker == "redis://:s3cretpw@redis:6379/0"
+    assert settings.queue.backend == settings.queue.broker and not settings.embedded

@@ -113,7 +113,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         for queue in QUEUES:
             metrics.gauge(metrics.queue_depth, queue, depth(queue))
 
-    storage = settings.web.rate_limit_storage or settings.queue.broker_url or "memory://"
+    storage = settings.web.rate_limit_storage or settings.queue.broker or "memory://"
     limiter = Limiter(
         _rate_key,
         app=app,

@@ -20,7 +20,7 @@ from services.settings import Settings, load_settings
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings for Sightline's delivery guarantees."""
     q = settings.queue
-    if not q.broker_url:
+    if not q.broker:
         raise ConfigError("Celery needs SIGHTLINE_QUEUE__BROKER_URL (a redis:// URL)")
     transport = {
         "visibility_timeout": q.visibility_timeout_s,
@@ -34,8 +34,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "unacked_mutex_expire": max(5, min(30, q.visibility_timeout_s)),
     }
     return {
-        "broker_url": q.broker_url,
-        "result_backend": q.result_backend or q.broker_url,
+        "broker_url": q.broker,
+        "result_backend": q.backend,
         # At-least-once: acknowledge after the work is done (the upsert waited for), and
         # put the message back if the worker process dies mid-task.
         "task_acks_late": True,

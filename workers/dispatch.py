@@ -68,8 +68,8 @@ class CeleryDispatcher:
 
 def dispatcher_for(settings: Settings) -> Dispatcher | None:
     """The Celery dispatcher when a broker is configured, else None (in-process work)."""
-    if not settings.queue.broker_url:
+    if not settings.queue.broker:
         return None
     from workers.celery_app import create_celery
 
-    return CeleryDispatcher(create_celery(settings), settings.queue.broker_url)
+    return CeleryDispatcher(create_celery(settings), settings.queue.broker)
