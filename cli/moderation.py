@@ -39,7 +39,9 @@ def _print_matches(matches: list[dict[str, Any]]) -> None:
     """One line per match: which signal fired, and each signal's score (reviewers see why)."""
     for m in matches:
         extra = ", ".join(
-            f"{k} {m[k]}" for k in ("phash_distance", "layout", "keypoints") if m.get(k) is not None
+            f"{k} {m[k]}"
+            for k in ("phash_distance", "layout", "keypoints", "keypoint_agreement")
+            if m.get(k) is not None
         )
         typer.echo(
             f"  {m['entry_id'][:8]}  {m['category']:<12} {m.get('signal', '?'):<16} "

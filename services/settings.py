@@ -242,6 +242,21 @@ class ModerationSettings(BaseModel):
         le=400,
         description="Agreeing keypoints a layout or pHash match of such an entry needs.",
     )
+    keypoint_agreement_floor: float = Field(
+        default=0.6,
+        ge=0.0,
+        le=1.0,
+        description="Share of grid cells that must agree once the image is laid over the "
+        "entry by the keypoints' transform, for any keypoint match: a repeated pattern "
+        "(stripes, dots, bricks) puts many keypoints on one transform, not the same pixels.",
+    )
+    keypoint_agreement_threshold: float = Field(
+        default=0.88,
+        ge=0.0,
+        le=1.0,
+        description="Agreement that lets a match with only keypoint_floor keypoints count "
+        "(a heavily cropped or captioned copy keeps few keypoints, all its pixels).",
+    )
     cache_s: float = Field(
         default=2.0, ge=0.0, description="How long a process reuses its copy of the flagged set."
     )

@@ -81,7 +81,8 @@ class RedisServer:
 
     def _pings(self) -> bool:
         try:
-            return bool(self.client().ping())
+            with self.client() as client:  # closed: an open socket left to the GC warns
+                return bool(client.ping())
         except redis.ConnectionError:
             return False
 

@@ -244,6 +244,7 @@ def test_keys_accounts_and_audit_move_between_sqlite_and_redis(
     want = [(e.at, e.actor, e.action, e.target, e.details) for e in sqlite_audit.events()]
     assert got == want and len(got) == 1205
     assert redis_audit.list(1)[0].target == "img1204"
+    client.close()
 
 
 def test_engine_snapshots_where_the_index_takes_none_fail_before_writing(

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from flask import Flask
@@ -41,6 +42,7 @@ from services.moderation.layout import (
     layout_score,
     layout_thumbnail,
     prepare,
+    warped_agreement,
 )
 from services.settings import ImageLimits, ModerationSettings
 from tests.api_fixtures import auth, runtime_of, settle
@@ -371,6 +373,94 @@ def test_real_textures_of_the_same_colour_do_not_match(
     assert flagged.check_bytes(jpeg(copy, 80)).quarantined
 
 
+def _similarity(angle_deg: float, scale: float, shift: tuple[float, float]) -> np.ndarray:
+    a = np.radians(angle_deg)
+    return np.array(
+        [
+            [scale * np.cos(a), -scale * np.sin(a), shift[0]],
+            [scale * np.sin(a), scale * np.cos(a), shift[1]],
+        ]
+    )
+
+
+def test_warped_agreement_compares_pixels_a_transform_lays_over(
+    photos: dict[str, Image.Image],
+) -> None:
+    """The photometric half of a keypoint match, against pictures whose transform is
+    known: a copy laid over by its true transform agrees, under brightness and contrast
+    too; the same transform over another picture, or the copy with its hues swapped,
+    does not; nor does a wrong transform over the copy itself."""
+    size = (320.0, 240.0)
+    original = photos["astronaut"].resize((320, 240))
+    transform = _similarity(3.0, 1.0, (6.0, -4.0))  # query -> flagged coordinates
+    # The query is the original moved by the inverse transform (what a copy under that
+    # edit looks like), so the transform lays it back over the original.
+    inverse = cv2.invertAffineTransform(transform)
+    moved = cv2.warpAffine(np.asarray(original), inverse, (320, 240), borderValue=(255,) * 3)
+
+    def thumb(array: np.ndarray) -> np.ndarray:
+        return layout_thumbnail(Content(Image.fromarray(array), None))
+
+    flagged = thumb(np.asarray(original))
+    copy = thumb(moved)
+    assert warped_agreement(copy, size, flagged, size, transform) >= 0.9
+    brighter = np.clip(moved.astype(np.float32) * 1.3 + 10, 0, 255).astype(np.uint8)
+    assert warped_agreement(thumb(brighter), size, flagged, size, transform) >= 0.85
+    swapped = moved[..., ::-1].copy()  # red and blue exchanged: same shapes, other hues
+    assert warped_agreement(thumb(swapped), size, flagged, size, transform) < 0.6
+    other = thumb(np.asarray(photos["coffee"].resize((320, 240))))
+    assert warped_agreement(other, size, flagged, size, transform) < 0.6
+    wrong = _similarity(0.0, 1.0, (80.0, 60.0))
+    assert warped_agreement(copy, size, flagged, size, wrong) < 0.6
+
+
+def test_repeated_patterns_need_the_pixels_to_agree(encoder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Renders of the same striped garment on other backdrops put dozens of keypoints on
+    one transform (the stripes repeat); they are other pictures, not copies. A copy with
+    a caption across it is still one (its frame is compared when its box moved)."""
+    flagged = _real_set(encoder, tmp_path)
+    product = Product("dress", "red", "striped")
+    original = render(product, 11, size=320)
+    entry = flagged.add_image(jpeg(original, 95), "prohibited", "test")
+    assert entry.verifiable
+    for seed in range(40, 52):
+        verdict = flagged.check_bytes(jpeg(render(product, seed, size=320), 88))
+        assert not verdict.quarantined, (seed, verdict.matches)
+    copy = original.copy()
+    font_size = 36
+    ImageDraw.Draw(copy).text(
+        (20, 150),
+        "limited edition",
+        fill="white",
+        font_size=font_size,
+        stroke_width=2,
+        stroke_fill="black",
+    )
+    verdict = flagged.check_bytes(jpeg(copy, 80))
+    assert verdict.quarantined
+    [match] = verdict.matches
+    assert match.signal == "keypoints" and (match.keypoint_agreement or 0) >= 0.6
+
+
+def test_a_texture_whose_frame_looks_uniform_keeps_its_whole_frame(
+    photos: dict[str, Image.Image],
+) -> None:
+    """Brick's mortar runs along its border, so its frame looks like one colour; what
+    trimming would cut away is bricks (content), so nothing is, for the texture and for
+    its rotated copies alike, which then compare like for like."""
+    brick = photos["brick"].convert("RGB")
+    for angle in (0, 3, -4):
+        picture = (
+            brick
+            if angle == 0
+            else brick.rotate(
+                angle, Image.Resampling.BICUBIC, expand=True, fillcolor=brick.getpixel((0, 0))
+            )
+        )
+        found = content(picture)
+        assert found is not None and found.image.size == picture.size, angle
+
+
 @pytest.fixture
 def flagged_catalog(
     app: Flask, client: FlaskClient, tokens: dict[str, str]
@@ -599,5 +689,7 @@ def test_audit_log_is_append_only_and_newest_first(kind: str, tmp_path: Path) ->
                 e.id for e in events
             ]
     finally:
+        if isinstance(log, RedisAuditLog):
+            log.r.close()
         if server is not None:
             server.stop()

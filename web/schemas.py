@@ -426,6 +426,12 @@ class MatchOut(BaseModel):
         description="Keypoints of the image that agree with the flagged image under one "
         "rotation, scale and shift, where they were compared.",
     )
+    keypoint_agreement: float | None = Field(
+        default=None,
+        description="Share of grid cells whose colour agrees once the image is laid over the "
+        "flagged one by the keypoints' transform (a repeated pattern agrees by keypoints, "
+        "not by pixels).",
+    )
 
 
 class VerdictOut(BaseModel):

@@ -30,13 +30,19 @@ SCATTERED = 0.1  # light shapes holding more than this share of all weight: keep
 _SOLID = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))  # strokes thinner vanish
 _JOIN = np.ones((5, 5), np.uint8)
 FRAME_SPREAD = 6  # how far (0-255) a frame pixel may sit from the frame's colour...
-FRAME_SHARE = 0.6  # ...for this share of them, for the frame to be one colour
+FRAME_SHARE = 0.45  # ...for this share of them, for the frame to be one colour
 _WORK_SIDE = 256  # trimming works on a copy this size (fast, and steady under resizing)
 MIN_CONTENT = 0.02  # a content box smaller than this share of the frame is no content
+# Outside the box there may be specks and strokes (a caption beside a product: 3-5% of
+# the area), not content: a frame that only looked uniform (a texture's mortar, a photo
+# whose corners a rotation filled with one colour) leaves 11-15% there. Then nothing is
+# trimmed, so the original and its edits keep the same content.
+OUTSIDE_MAX = 0.08
 # Images checked by pixels are decoded with at least this shorter side (JPEG DCT scaling
 # stops there): keypoints are found at 320 px, and an object that fills a third of a
 # product shot still has to keep its detail when the model itself looks at 64 or 224.
 PIXEL_SIDE = 640
+STD_FLOOR = 20.0  # the least spread (0-255) normalisation divides by
 
 
 @dataclass(frozen=True)
@@ -60,14 +66,29 @@ def _frame_is_uniform(a: np.ndarray, colour: np.ndarray) -> bool:
     return float((np.abs(frame - colour).max(axis=1) <= FRAME_SPREAD).mean()) >= FRAME_SHARE
 
 
-def _box(a: np.ndarray, colour: np.ndarray) -> tuple[int, int, int, int] | None:
-    """The box around the shapes that differ from the frame colour. Shapes are weighed
+def _difference(a: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """Per pixel, the largest channel difference (0-255) from the frame colour."""
+    d = cv2.absdiff(a, np.full_like(a, np.clip(np.rint(colour), 0, 255).astype(np.uint8)))
+    return np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2])
+
+
+def _outside(differs: np.ndarray, box: tuple[int, int, int, int]) -> float:
+    """Share of the pixels outside ``box`` that differ from the frame colour."""
+    x0, y0, x1, y1 = box
+    total = int(np.count_nonzero(differs))
+    inside = int(np.count_nonzero(differs[y0:y1, x0:x1]))
+    area = differs.size - (y1 - y0) * (x1 - x0)
+    return (total - inside) / area if area > 0 else 0.0
+
+
+def _box(differs: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The box around the shapes that differ from the frame colour (``differs``: 1 where
+    a pixel does). Shapes are weighed
     by their solid pixels (what an opening keeps), so specks (JPEG noise) and strokes (a
     caption's letters, solid or outlined) weigh next to nothing: a shape with less than
     ``MIN_SHAPE`` of the heaviest one's weight is left out, unless such light shapes
     add up to a good part of the picture (a scene, a texture). Nearby parts of one object
     join into one shape first (a small dilation)."""
-    differs = (np.abs(a.astype(np.int16) - colour).max(axis=2) > BOX_TOLERANCE).astype(np.uint8)
     solid = cv2.morphologyEx(differs, cv2.MORPH_OPEN, _SOLID)
     if not solid.any():  # all strokes (a line drawing): weigh every pixel
         solid = differs
@@ -95,22 +116,31 @@ def content(image: Image.Image) -> Content | None:
     """The image with uniform borders trimmed (up to three frames), or None when nothing
     but a uniform colour is left (no content to compare by pixels)."""
     rgb = image.convert("RGB")
+    full = np.asarray(rgb)
     background: tuple[int, int, int] | None = None
+    left, top, right, bottom = 0, 0, rgb.size[0], rgb.size[1]  # the box so far, in pixels
     for _ in range(3):
-        w, h = rgb.size
+        w, h = right - left, bottom - top
         scale = min(1.0, _WORK_SIDE / max(w, h))
+        region = full[top:bottom, left:right]
         small = (
-            rgb
+            region
             if scale == 1.0
-            else rgb.resize((max(2, round(w * scale)), max(2, round(h * scale))))
+            else cv2.resize(
+                region,
+                (max(2, round(w * scale)), max(2, round(h * scale))),
+                interpolation=cv2.INTER_AREA,
+            )
         )
-        a = np.asarray(small)
-        colour = _frame_colour(a)
-        if not _frame_is_uniform(a, colour):
+        colour = _frame_colour(small)
+        if not _frame_is_uniform(small, colour):
             break
-        box = _box(a, colour)
+        differs = (_difference(small, colour) > BOX_TOLERANCE).astype(np.uint8)
+        box = _box(differs)
         if box is None:
             return None
+        if _outside(differs, box) > OUTSIDE_MAX:
+            break  # what lies outside is content too: keep the whole frame
         # Round inwards: a sliver of the frame left at an edge would stop the next pass.
         x0, y0 = (math.ceil(v / scale) for v in box[:2])
         x1, y1 = (math.floor(v / scale) for v in box[2:])
@@ -119,22 +149,32 @@ def content(image: Image.Image) -> Content | None:
         if (x0, y0, x1, y1) == (0, 0, w, h):
             break
         background = (int(colour[0]), int(colour[1]), int(colour[2]))
-        rgb = rgb.crop((x0, y0, min(w, x1), min(h, y1)))
+        left, top, right, bottom = left + x0, top + y0, left + min(w, x1), top + min(h, y1)
+    if (left, top, right, bottom) != (0, 0, *rgb.size):
+        rgb = rgb.crop((left, top, right, bottom))
     return Content(rgb, background)
 
 
-def normalised(values: np.ndarray) -> np.ndarray:
-    """Per-channel standardisation (mean 128, spread 48): a brightness or contrast change
-    (an affine change of values) leaves the result unchanged."""
+def normalised(values: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """Standardisation with one gain and offset for every channel (mean 128, spread 48):
+    a brightness or contrast change (the same affine change of every channel) leaves the
+    result unchanged, a change of hue does not. (Per channel, a purple shirt on beige and
+    a blue one on red would standardise to the same picture.) The statistics are taken
+    over the ``keep`` pixels when given (the content, not the backdrop showing between
+    its parts: a rotated copy's box holds more of it than the original's)."""
     v = values.astype(np.float32)
-    flat = v.reshape(-1, v.shape[-1]) if v.ndim == 3 else v.reshape(-1, 1)
-    mean, std = flat.mean(axis=0), flat.std(axis=0)
-    out = (v - mean) / np.maximum(std, 4.0) * 48.0 + 128.0
+    sample = v[keep] if keep is not None and keep.sum() >= 16 else v
+    mean, std = float(sample.mean()), float(sample.std())
+    # A flat object (a plain shirt) has next to no spread: a floor keeps its colour from
+    # being stretched to the clipping points, where a black and a red shirt look alike.
+    out = (v - mean) / max(std, STD_FLOOR) * 48.0 + 128.0
     return np.clip(out, 0, 255)
 
 
-def is_grey(rgb: np.ndarray) -> bool:
-    """True when an image carries (almost) no colour: compare it by luminance."""
+def is_grey(rgb: np.ndarray, percentile: float = 90.0) -> bool:
+    """True when an image carries (almost) no colour: compare it by luminance. A higher
+    ``percentile`` asks that nearly all of it be grey (a greyscaled copy is, a black
+    shirt on a brown backdrop is not)."""
     a = rgb.astype(np.int16)
     chroma = a.max(axis=-1) - a.min(axis=-1)
-    return float(np.percentile(chroma, 90)) < 12.0
+    return float(np.percentile(chroma, percentile)) < 12.0

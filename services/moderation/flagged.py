@@ -12,7 +12,11 @@ Signals decide whether an image resembles a flagged entry:
   contrast normalised):
   - **keypoints** (``services.moderation.keypoints``): ORB features matched and checked
     for one consistent rotation + scale + shift; the count of agreeing keypoints
-    (inliers). A copy keeps hundreds; two different objects or textures a handful.
+    (inliers), and the share of a colour grid that agrees once the image is laid over
+    the entry by that transform (``layout.warped_agreement``). A copy keeps hundreds and
+    agrees on nearly all the grid; two different objects or textures keep a handful, and
+    renders of one repeated pattern, which keep dozens, disagree on the pixels. Views: the
+    entry's content and its mirror, and for the likeliest entries the whole frames.
   - **aligned layout** (``services.moderation.layout``): the share of content cells of a
     colour grid that agree with the best-aligned crop or mirror of the entry (or the
     entry with a crop of the image); background cells carry no evidence and a layout
@@ -22,15 +26,17 @@ Signals decide whether an image resembles a flagged entry:
 
 An image matches an entry when the cosine reaches the threshold ("embedding"); or, for an
 entry whose copies verify by keypoints (checked when it is added: ``verifiable``), when
-``keypoint_threshold`` keypoints agree ("keypoints"); or when the layout agrees on at
+``keypoint_threshold`` keypoints agree and the pixels under their transform agree on
+``keypoint_agreement_floor``, or ``keypoint_floor`` keypoints agree and the pixels on
+``keypoint_agreement_threshold`` ("keypoints"); or when the layout agrees on at
 least ``layout_threshold`` ("layout"), or the pHash distance is at most ``phash_strong``
 ("phash") or at most ``phash_weak`` with a borderline cosine ("phash+embedding") — the
 hash rules only where the layout was compared and reaches ``layout_floor`` (or, in a
 scan whose original is gone, on the stored hash alone). For a verifiable entry the
-layout and hash rules also need ``keypoint_floor`` agreeing keypoints: a layout or hash
-coincidence between two different pictures is common, one their keypoints confirm is
-not. An image with too little content (a uniform colour, a texture) cannot match by
-layout or hash at all.
+layout and hash rules also need ``keypoint_floor`` agreeing keypoints whose transform
+lays agreeing pixels over the entry: a layout or hash coincidence between two different
+pictures is common, one their keypoints confirm is not. An image with too little content
+(a uniform colour, a texture) cannot match by layout or hash at all.
 
 Cost: the embedding is one matrix product; keypoint votes are one approximate
 nearest-neighbour pass (LSH); layouts are aligned, and keypoints verified, only for the
@@ -61,7 +67,7 @@ from services.errors import InvalidFlag, NotFound
 from services.images import decode_image
 from services.index.base import PointData, Record, VectorIndex
 from services.moderation.content import PIXEL_SIDE, Content, content
-from services.moderation.keypoints import Features, best_inliers, self_test
+from services.moderation.keypoints import Features, Geometric, geometric, self_test
 from services.moderation.keypoints import features as keypoint_features
 from services.moderation.layout import (
     BINS,
@@ -72,6 +78,7 @@ from services.moderation.layout import (
     layout_score,
     layout_thumbnail,
     prepare,
+    warped_agreement,
 )
 from services.payload import CLEAR, QUARANTINED
 from services.settings import ImageLimits, ModerationSettings
@@ -94,6 +101,9 @@ VOTE_LSH: dict[str, bool | int | float | str] = {
 }
 VOTE_CHECKS = 32
 VOTERS = 300  # about this many of a query's keypoints vote (a copy's win by dozens)
+# An entry's mirror view is matched after the entry itself falls short only when the
+# query's keypoints gave the mirror this many votes: a mirrored copy gives it dozens.
+MIN_VIEW_VOTES = 2
 
 
 class EntryKind(StrEnum):
@@ -155,6 +165,11 @@ class FlaggedEntry:
     layout: str = ""  # colour thumbnail for the aligned-layout check (services.moderation.layout)
     keypoints: str = ""  # ORB features of the content (services.moderation.keypoints)
     keypoints_mirror: str = ""  # and of its mirror image
+    # Of the whole frame, when the content was trimmed out of it: a caption across the
+    # object or a crop into the backdrop moves the content box, not the frame.
+    keypoints_frame: str = ""
+    keypoints_frame_mirror: str = ""
+    layout_frame: str = ""
     verifiable: bool = False  # a degraded copy verified by keypoints when it was added
 
     def payload(self) -> dict[str, Any]:
@@ -182,6 +197,9 @@ class FlaggedEntry:
             layout=str(p.get("layout", "")),
             keypoints=str(p.get("keypoints", "")),
             keypoints_mirror=str(p.get("keypoints_mirror", "")),
+            keypoints_frame=str(p.get("keypoints_frame", "")),
+            keypoints_frame_mirror=str(p.get("keypoints_frame_mirror", "")),
+            layout_frame=str(p.get("layout_frame", "")),
             verifiable=bool(p.get("verifiable", False)),
         )
 
@@ -195,6 +213,9 @@ class FlaggedEntry:
             "layout",
             "keypoints",
             "keypoints_mirror",
+            "keypoints_frame",
+            "keypoints_frame_mirror",
+            "layout_frame",
         ):
             data.pop(internal)
         return data
@@ -213,6 +234,8 @@ class Match:
     signal: str  # embedding | keypoints | layout | phash | phash+embedding
     layout: float | None = None  # aligned-layout agreement, where it was computed
     keypoints: int | None = None  # agreeing keypoints (inliers), where they were compared
+    # Share of cells that agree with the image laid over by the keypoints' transform.
+    keypoint_agreement: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form, stored in the image payload and returned by the API."""
@@ -264,6 +287,9 @@ class _Snapshot:
     colours: np.ndarray | None = None  # (entries, bins) colour histograms, zero if no layout
     # Per entry: keypoint features of its content and of its mirror, when verifiable.
     features: list[tuple[Features | None, Features | None] | None] = field(default_factory=list)
+    # Per entry: its whole frame's features, its mirror's, and its layout thumbnail, when
+    # it was trimmed.
+    frames: list[_Frame | None] = field(default_factory=list)
     # Every verifiable entry's descriptors in one LSH index, and which entry each belongs
     # to: one approximate nearest-neighbour pass finds which entries a query's keypoints
     # vote for, at a cost that grows slower than the set. OpenCV matchers are not
@@ -283,6 +309,22 @@ class Pixels:
     features: Features | None = None
     colours: np.ndarray | None = None
     _prepared: Prepared | None = field(default=None, repr=False, compare=False)
+    # The whole decoded frame when the content was trimmed out of it (None: it was not).
+    frame: Image.Image | None = field(default=None, repr=False, compare=False)
+    _frame_view: tuple[Features | None, np.ndarray | None] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    def frame_view(self) -> tuple[Features | None, np.ndarray | None]:
+        """Keypoints and layout thumbnail of the whole frame (once; the content's own when
+        nothing was trimmed)."""
+        if self._frame_view is None:
+            if self.frame is None:
+                self._frame_view = (self.features, self.layout)
+            else:
+                whole = Content(self.frame, None)
+                self._frame_view = (keypoint_features(whole), layout_thumbnail(whole))
+        return self._frame_view
 
     def prepared(self) -> Prepared | None:
         """The layout made ready for alignment (once, for every entry it is aligned to)."""
@@ -297,7 +339,22 @@ class Pixels:
         if found is None:
             return cls()
         layout = layout_thumbnail(found)
-        return cls(phash(found.image), layout, keypoint_features(found), colour_histogram(layout))
+        return cls(
+            phash(found.image),
+            layout,
+            keypoint_features(found),
+            colour_histogram(layout),
+            frame=image.convert("RGB") if found.background is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """An entry's whole frame as a keypoint view: features, its mirror's, its layout."""
+
+    features: Features
+    mirror: Features | None
+    layout: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -308,10 +365,18 @@ class _EntryPixels:
     layout: Prepared | None
     colours: np.ndarray
     features: tuple[Features | None, Features | None] | None  # when verifiable
+    frame: _Frame | None = None  # when verifiable and trimmed
 
 
 def _parts(entry: FlaggedEntry) -> _EntryPixels:
     thumbnail = decode_layout(entry.layout)
+    frame_features = Features.decode(entry.keypoints_frame) if entry.verifiable else None
+    frame_layout = decode_layout(entry.layout_frame)
+    frame = (
+        _Frame(frame_features, Features.decode(entry.keypoints_frame_mirror), frame_layout)
+        if frame_features is not None and frame_layout is not None
+        else None
+    )
     return _EntryPixels(
         np.array([int(h, 16) for h in entry.phashes], dtype=np.uint64),
         prepare(thumbnail) if thumbnail is not None else None,
@@ -319,18 +384,20 @@ def _parts(entry: FlaggedEntry) -> _EntryPixels:
         (Features.decode(entry.keypoints), Features.decode(entry.keypoints_mirror))
         if entry.verifiable
         else None,
+        frame,
     )
 
 
 def _vote_index(
     features: Sequence[tuple[Features | None, Features | None] | None],
 ) -> tuple[Any, np.ndarray | None]:
-    """An LSH index over every verifiable entry's descriptors, and each one's entry."""
+    """An LSH index over every verifiable entry's descriptors, and each one's owner:
+    ``2 * entry + view`` (view 0 the entry, 1 its mirror)."""
     stacked = [
-        (f.descriptors, np.full(len(f), j))
+        (f.descriptors, np.full(len(f), 2 * j + view))
         for j, pair in enumerate(features)
         if pair is not None
-        for f in pair
+        for view, f in enumerate(pair)
         if f is not None
     ]
     if not stacked:
@@ -514,6 +581,7 @@ class FlaggedSet:
             [p.layout for p in parts],
             colours,
             [p.features for p in parts],
+            [p.frame for p in parts],
             votes[1],
             votes[2],
             self._vote_lock,
@@ -566,12 +634,26 @@ class FlaggedSet:
                 int(hamming(query_hash, h).min()) if len(h) and query_hash is not None else None
                 for h in snap.hashes
             ]
-            candidates, voted = self._candidates(cos[i], dists, snap, cleared, pixels)
+            candidates, voted, views = self._candidates(cos[i], dists, snap, cleared, pixels)
+            # Whole frames are compared for the likeliest entries only: the nearest by
+            # embedding and those the keypoints voted for (a copy's entry is among them).
+            likeliest = voted | {int(np.argmax(cos[i]))}
+            # Without content keypoints (too small) the query cannot vote, and without
+            # content views an entry cannot be voted for: then candidacy will do.
+            blind_votes = views is None
             matches = []
             for j, entry in enumerate(snap.entries):
                 if entry.id in cleared:
                     continue
-                verify = _Verifier(snap, j, pixels, self.policy.keypoint_threshold)
+                verify = _Verifier(
+                    snap,
+                    j,
+                    pixels,
+                    self.policy.keypoint_threshold,
+                    views[j] if views else None,
+                    frames=j in likeliest
+                    or (j in candidates and (blind_votes or not _has_views(snap, j))),
+                )
                 if j in voted:
                     verify.run()  # nominated by votes: keypoints may match on their own
                 layout = _Layout(snap, j, pixels, j in candidates)
@@ -588,6 +670,7 @@ class FlaggedSet:
                             signal,
                             layout.value,
                             verify.inliers,
+                            verify.agreement,
                         )
                     )
             matches.sort(key=lambda m: (m.signal != "embedding", -m.score))
@@ -601,11 +684,12 @@ class FlaggedSet:
         snap: _Snapshot,
         cleared: set[str],
         pixels: _Lazy,
-    ) -> tuple[set[int], set[int]]:
+    ) -> tuple[set[int], set[int], list[tuple[int, int]] | None]:
         """The image entries worth comparing pixel by pixel: the nearest by embedding, by
         hash (within ``phash_weak``), by colour histogram (at least ``colour_candidate``)
-        and by keypoint votes, at most ``layout_candidates`` of each; and, of them, those
-        the votes nominated (their keypoints are compared whatever the other signals say).
+        and by keypoint votes, at most ``layout_candidates`` of each; of them, those the
+        votes nominated (their keypoints are compared whatever the other signals say); and
+        per entry the votes its two views (itself, its mirror) received.
         """
         p = self.policy
         k = p.layout_candidates
@@ -615,21 +699,23 @@ class FlaggedSet:
             if e.kind is EntryKind.IMAGE and e.id not in cleared
         ]
         if not usable or k == 0:
-            return set(), set()
+            return set(), set(), None
         out = set(sorted(usable, key=lambda j: -cos[j])[:k])
         near = [j for j in usable if (d := dists[j]) is not None and d <= p.phash_weak]
         out |= set(sorted(near, key=lambda j: dists[j] or 0)[:k])
         px = pixels.get()
         if px is None:
-            return out, set()
+            return out, set(), None
         if px.colours is not None and snap.colours is not None:
             shared = np.minimum(snap.colours, px.colours[None, :]).sum(axis=1)
             alike = [j for j in usable if shared[j] >= p.colour_candidate]
             out |= set(sorted(alike, key=lambda j: -shared[j])[:k])
         voted: set[int] = set()
+        views = None
         if px.features is not None and snap.vote_index is not None:
-            voted = set(_vote(px.features, snap, k)) & set(usable)
-        return out | voted, voted
+            ranked, views = _vote(px.features, snap, k)
+            voted = set(ranked) & set(usable)
+        return out | voted, voted, views
 
     def _signal(
         self,
@@ -645,7 +731,7 @@ class FlaggedSet:
         p = self.policy
         if score >= threshold:
             return "embedding"
-        if verify.applies and (verify.inliers or 0) >= p.keypoint_threshold:
+        if verify.applies and self._keypoints_match(verify):
             return "keypoints"  # nominated by votes and verified
         hashed = dist is not None and (
             dist <= p.phash_strong
@@ -654,10 +740,10 @@ class FlaggedSet:
         if verify.applies and (hashed or layout.candidate) and not layout.blind:
             # A verifiable candidate's keypoints decide first: most candidates are other
             # pictures, refuted by their keypoints before any layout is aligned.
-            found = verify.run()
-            if found is not None and found >= p.keypoint_threshold:
+            verify.run()
+            if self._keypoints_match(verify):
                 return "keypoints"
-            if found is not None and found < p.keypoint_floor:
+            if self._keypoints_refute(verify):
                 return None
         if not (hashed or layout.possible):
             return None
@@ -669,12 +755,37 @@ class FlaggedSet:
             # Without pixels (an original gone) the stored hash speaks alone.
             signal = "phash" if dist <= p.phash_strong else "phash+embedding"
         if signal is not None and verify.applies:
-            found = verify.run()
-            if found is not None and found >= p.keypoint_threshold:
+            verify.run()
+            if self._keypoints_match(verify):
                 return "keypoints"
-            if found is not None and found < p.keypoint_floor:
+            if self._keypoints_refute(verify):
                 return None  # the keypoints of a verifiable entry disagree: a coincidence
         return signal
+
+    def _keypoints_match(self, verify: _Verifier) -> bool:
+        """Keypoints alone make a match: many agree on one transform and the pixels it
+        lays over mostly agree, or fewer agree and the pixels all but all do."""
+        p = self.policy
+        found, agreement = verify.inliers, verify.agreement
+        if found is None:
+            return False
+        if found >= p.keypoint_threshold:
+            return agreement is None or agreement >= p.keypoint_agreement_floor
+        return (
+            found >= p.keypoint_floor
+            and agreement is not None
+            and agreement >= p.keypoint_agreement_threshold
+        )
+
+    def _keypoints_refute(self, verify: _Verifier) -> bool:
+        """A verifiable entry's keypoints say the image is another picture: too few agree,
+        or the pixels their transform lays over do not."""
+        p = self.policy
+        if verify.inliers is None:
+            return False  # nothing to compare: keypoints neither match nor refute
+        if verify.inliers < p.keypoint_floor:
+            return True
+        return verify.agreement is not None and verify.agreement < p.keypoint_agreement_floor
 
     def check_images(self, images: Sequence[Image.Image], vectors: np.ndarray) -> list[Verdict]:
         """Verdicts for decoded images with their vectors (ingest)."""
@@ -693,6 +804,12 @@ class FlaggedSet:
         return self.check(vector[None, :], pixels_of=lambda _: Pixels.of(decoded.image))[0]
 
 
+def _has_views(snap: _Snapshot, j: int) -> bool:
+    """The entry has content keypoint views (so the query's keypoints vote for it)."""
+    pair = snap.features[j] if j < len(snap.features) else None
+    return pair is not None and any(view is not None for view in pair)
+
+
 class _Lazy:
     """A query image's pixels, computed on first use."""
 
@@ -709,15 +826,44 @@ class _Lazy:
         return self._value
 
 
+@dataclass(frozen=True)
+class _Pairing:
+    """One keypoint comparison: its result and what it compared."""
+
+    found: Geometric
+    query: Features
+    query_layout: np.ndarray | None
+    flagged: Features
+    flagged_layout: np.ndarray | None
+    mirrored: bool
+
+
 class _Verifier:
     """Keypoint inliers of one query image against one verifiable entry, on demand."""
 
-    def __init__(self, snap: _Snapshot, j: int, pixels: _Lazy, enough: int) -> None:
+    def __init__(
+        self,
+        snap: _Snapshot,
+        j: int,
+        pixels: _Lazy,
+        enough: int,
+        votes: tuple[int, int] | None = None,
+        frames: bool = True,
+    ) -> None:
         self.flagged = snap.features[j] if j < len(snap.features) else None
+        self.frames = frames  # whether whole frames may be compared too
+        layout = snap.layouts[j] if j < len(snap.layouts) else None
+        self.flagged_layout = layout.thumbnail if layout is not None else None
+        self.frame = snap.frames[j] if j < len(snap.frames) else None
         self.pixels = pixels
         self.enough = enough
+        self.votes = votes  # what the query's keypoints voted for the entry and its mirror
         self._done = False
         self.inliers: int | None = None
+        self.agreement: float | None = None  # of the pixels laid over by the transform
+        # The pairing that agreed most: its transform, and the query's and the entry's
+        # features and layout thumbnails it was found between (mirrored: the entry's mirror).
+        self._best: _Pairing | None = None
 
     @property
     def applies(self) -> bool:
@@ -731,9 +877,94 @@ class _Verifier:
             self._done = True
             px = self.pixels.get()
             features = px.features if px is not None else None
-            if features is not None:
-                self.inliers = best_inliers(features, self.flagged, self.enough)
+            # Content too small to verify may still sit in a frame that does (a photo
+            # padded or cropped until its backdrop looks like a frame).
+            if px is not None and (features is not None or (self.frames and px.frame is not None)):
+                self.inliers = self._compare(px, features, self.flagged)
+                self.agreement = self._agreement()
         return self.inliers
+
+    def _agreement(self) -> float | None:
+        """How well the pixels agree once laid over by the best pairing's transform."""
+        best = self._best
+        if best is None or best.found.transform is None:
+            return None
+        if best.query_layout is None or best.flagged_layout is None:
+            return None
+        if best.query.size is None or best.flagged.size is None:
+            return None
+        value = warped_agreement(
+            best.query_layout,
+            best.query.size,
+            best.flagged_layout,
+            best.flagged.size,
+            best.found.transform,
+            best.mirrored,
+        )
+        return round(value, 4) if value is not None else None
+
+    def _try(self, best: int, pairing: _Pairing) -> int:
+        if self._best is None or pairing.found.inliers > best:
+            self._best = pairing
+            return pairing.found.inliers
+        return best
+
+    def _compare(
+        self, px: Pixels, query: Features | None, views: tuple[Features | None, Features | None]
+    ) -> int | None:
+        """Inliers against the view (the entry or its mirror) the votes favour; the other
+        view too only when the first falls short of ``enough`` and the other drew votes
+        (a mirrored copy's keypoints vote for the mirror); then, still short, the whole
+        frames and the entry frame's mirror, where either image was trimmed (a caption
+        across the object, or a crop into its backdrop, moves the content box but not the
+        object in the frame). None when no view could be compared (then keypoints neither
+        match nor refute).
+        Matching is a check's dearest step, and most checked entries are refuted by the
+        first view."""
+        votes = self.votes
+        order = (1, 0) if votes is not None and votes[1] > votes[0] else (0, 1)
+        best = 0
+        for rank, view in enumerate(order):
+            features = views[view]
+            if features is None or query is None:
+                continue
+            if rank == 1 and (
+                best >= self.enough or (votes is not None and votes[view] < MIN_VIEW_VOTES)
+            ):
+                break
+            pairing = _Pairing(
+                geometric(query, features),
+                query,
+                px.layout,
+                features,
+                self.flagged_layout,
+                view == 1,
+            )
+            best = self._try(best, pairing)
+        if best >= self.enough or not self.frames or (px.frame is None and self.frame is None):
+            return best if self._best is not None else None
+        query_frame, query_layout = px.frame_view()
+        flagged_layout: np.ndarray | None
+        if self.frame is not None:
+            frame = self.frame
+            targets = [(frame.features, False), (frame.mirror, True)]
+            flagged_layout = frame.layout
+        else:  # the entry was not trimmed: its content is its frame
+            targets = [(views[0], False), (views[1], True)]
+            flagged_layout = self.flagged_layout
+        for features, mirrored in targets:
+            if query_frame is None or features is None or best >= self.enough:
+                continue
+            pairing = _Pairing(
+                geometric(query_frame, features),
+                query_frame,
+                query_layout,
+                features,
+                flagged_layout,
+                mirrored,
+            )
+            best = self._try(best, pairing)
+        return best if self._best is not None else None
 
 
 class _Layout:
@@ -777,17 +1008,19 @@ class _Layout:
         return self.value
 
 
-def _vote(query: Features, snap: _Snapshot, k: int) -> list[int]:
-    """The entries most of a query's keypoints find their nearest descriptor in."""
+def _vote(query: Features, snap: _Snapshot, k: int) -> tuple[list[int], list[tuple[int, int]]]:
+    """The entries most of a query's keypoints find their nearest descriptor in, and per
+    entry the votes of its two views (itself, its mirror)."""
     assert snap.vote_index is not None and snap.vote_owners is not None
     step = max(1, len(query) // VOTERS)
     with snap.vote_lock:
         found = snap.vote_index.knnMatch(np.ascontiguousarray(query.descriptors[::step]), k=1)
     nearest = [m[0] for m in found if m]
     owners = [int(snap.vote_owners[m.trainIdx]) for m in nearest if m.distance <= VOTE_DISTANCE]
-    counts = np.bincount(owners, minlength=len(snap.entries)) if owners else np.zeros(0)
+    per_view = np.bincount(owners, minlength=2 * len(snap.entries)).reshape(-1, 2)
+    counts = per_view.sum(axis=1)
     ranked = [int(j) for j in np.argsort(-counts)[:k] if counts[j] >= MIN_VOTES]
-    return ranked
+    return ranked, [(int(a), int(b)) for a, b in per_view]
 
 
 def entry_pixels(image: Image.Image, keypoint_threshold: int) -> dict[str, Any]:
@@ -797,14 +1030,31 @@ def entry_pixels(image: Image.Image, keypoint_threshold: int) -> dict[str, Any]:
     if found is None:
         return {"phashes": [], "layout": "", "keypoints": "", "keypoints_mirror": ""}
     pair = keypoint_features(found), keypoint_features(found, mirror=True)
-    verifiable = pair[0] is not None and self_test(image, pair) >= keypoint_threshold
-    return {
+    # Only views whose degraded copies verify are kept: one that does not would refute
+    # every copy.
+    content_ok = pair[0] is not None and self_test(image, pair) >= keypoint_threshold
+    frame_ok, frame = False, None
+    if found.background is not None:  # trimmed: the whole frame is a view of its own
+        whole = Content(image.convert("RGB"), None)
+        frame = keypoint_features(whole), keypoint_features(whole, mirror=True)
+        # A flat render's content may not verify where its frame, corners of the backdrop
+        # and all, does: then the frame alone lets keypoints speak for the entry.
+        frame_ok = (
+            frame[0] is not None
+            and self_test(image, (frame[0], None), whole_frame=True) >= keypoint_threshold
+        )
+    out: dict[str, Any] = {
         "phashes": [f"{h:016x}" for h in hash_variants(found)],
         "layout": encode_layout(layout_thumbnail(found)),
-        "keypoints": pair[0].encode() if verifiable and pair[0] is not None else "",
-        "keypoints_mirror": pair[1].encode() if verifiable and pair[1] is not None else "",
-        "verifiable": verifiable,
+        "keypoints": pair[0].encode() if content_ok and pair[0] is not None else "",
+        "keypoints_mirror": pair[1].encode() if content_ok and pair[1] is not None else "",
+        "verifiable": content_ok or frame_ok,
     }
+    if frame is not None and frame[0] is not None and (content_ok or frame_ok):
+        out["keypoints_frame"] = frame[0].encode()
+        out["keypoints_frame_mirror"] = frame[1].encode() if frame[1] is not None else ""
+        out["layout_frame"] = encode_layout(layout_thumbnail(whole))
+    return out
 
 
 def audit_quarantines(

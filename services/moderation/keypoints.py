@@ -6,7 +6,10 @@ same scale as the original's) are matched against a flagged image's (ratio test)
 one rotation, uniform scale and shift (RANSAC) are counted. A copy that was cropped,
 rotated a few degrees, resized, recompressed, brightened, greyed or captioned keeps
 hundreds of such inliers; two different objects on white, or two textures of the same
-colour, keep a handful. A flagged image also stores the features of its mirror image.
+colour, keep a handful. A flagged image also stores the features of its mirror image (and, when its content was
+trimmed out of a frame, of the whole frame). ``geometric`` returns the transform too, so
+the pixels it lays over can be compared (``layout.warped_agreement``): a repeated pattern
+agrees by keypoints, not by pixels.
 
 Not every picture has repeatable keypoints (flat renders, silhouettes): when a flagged
 image is added, a degraded copy of it is verified against it (``self_test``); only an
@@ -40,10 +43,12 @@ MIN_SIDE = 128  # content smaller than this (px, longer side) cannot be verified
 
 @dataclass(frozen=True)
 class Features:
-    """Keypoint positions (N, 2) and ORB descriptors (N, 32)."""
+    """Keypoint positions (N, 2) and ORB descriptors (N, 32), found on the content
+    resized to ``size`` (width, height; the longer side SIDE)."""
 
     xy: np.ndarray
     descriptors: np.ndarray
+    size: tuple[float, float] | None = None  # None: stored before sizes were kept
 
     def __len__(self) -> int:
         return len(self.descriptors)
@@ -51,7 +56,8 @@ class Features:
     def encode(self) -> str:
         """Base64 text for a payload."""
         buf = io.BytesIO()
-        np.savez_compressed(buf, xy=self.xy.astype(np.float16), d=self.descriptors)
+        size = np.asarray(self.size if self.size is not None else (0.0, 0.0), dtype=np.float32)
+        np.savez_compressed(buf, xy=self.xy.astype(np.float16), d=self.descriptors, s=size)
         return base64.b64encode(buf.getvalue()).decode()
 
     @classmethod
@@ -61,9 +67,21 @@ class Features:
             return None
         try:
             with np.load(io.BytesIO(base64.b64decode(text, validate=True))) as data:
-                return cls(data["xy"].astype(np.float32), data["d"].astype(np.uint8))
-        except (binascii.Error, OSError, ValueError, KeyError):
+                size = None
+                if "s" in data.files and float(data["s"].min()) > 0:
+                    size = (float(data["s"][0]), float(data["s"][1]))
+                return cls(data["xy"].astype(np.float32), data["d"].astype(np.uint8), size)
+        except (binascii.Error, OSError, ValueError, KeyError, IndexError):
             return None
+
+
+@dataclass(frozen=True)
+class Geometric:
+    """A keypoint match: agreeing keypoints, and the transform (2x3, query to flagged
+    coordinates at SIDE scale) they agree on; None when there is none."""
+
+    inliers: int
+    transform: np.ndarray | None = None
 
 
 def _detector() -> Any:
@@ -83,29 +101,43 @@ def features(found: Content, mirror: bool = False) -> Features | None:
     keypoints, descriptors = _detector().detectAndCompute(grey, None)
     if descriptors is None or len(keypoints) < MIN_FEATURES:
         return None
-    return Features(np.array([k.pt for k in keypoints], dtype=np.float32), descriptors)
+    return Features(
+        np.array([k.pt for k in keypoints], dtype=np.float32),
+        descriptors,
+        (float(size[0]), float(size[1])),
+    )
 
 
 def inliers(query: Features, flagged: Features) -> int:
     """How many of the query's keypoints a single rotation + scale + shift maps onto the
     flagged image's matching keypoints (0 when no plausible transform exists)."""
-    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
-    pairs = matcher.knnMatch(query.descriptors, flagged.descriptors, k=2)
-    good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < RATIO * p[1].distance]
+    return geometric(query, flagged).inliers
+
+
+def geometric(query: Features, flagged: Features) -> Geometric:
+    """The rotation + scale + shift most of the query's matched keypoints agree on, and
+    how many do."""
+    if len(flagged) < 2:
+        return Geometric(0)
+    # The two nearest descriptors of each query keypoint, as arrays (no match objects).
+    dist, nearest = cv2.batchDistance(
+        query.descriptors, flagged.descriptors, cv2.CV_32S, normType=cv2.NORM_HAMMING, K=2
+    )
+    good = np.flatnonzero(dist[:, 0] < RATIO * dist[:, 1])
     if len(good) < 8:
-        return 0
-    src = query.xy[[m.queryIdx for m in good]]
-    dst = flagged.xy[[m.trainIdx for m in good]]
+        return Geometric(0)
+    src = query.xy[good]
+    dst = flagged.xy[nearest[good, 0]]
     transform, mask = cv2.estimateAffinePartial2D(
         src, dst, method=cv2.RANSAC, ransacReprojThreshold=REPROJECTION_PX, maxIters=500
     )
     if transform is None or mask is None:
-        return 0
+        return Geometric(0)
     scale = float(np.hypot(transform[0, 0], transform[1, 0]))
     rotation = float(np.degrees(np.arctan2(transform[1, 0], transform[0, 0])))
     if not SCALE_RANGE[0] < scale < SCALE_RANGE[1] or abs(rotation) > MAX_ROTATION_DEG:
-        return 0
-    return int(mask.sum())
+        return Geometric(0)
+    return Geometric(int(mask.sum()), transform)
 
 
 def best_inliers(
@@ -122,16 +154,22 @@ def best_inliers(
     return best
 
 
-def self_test(image: Image.Image, flagged: tuple[Features | None, Features | None]) -> int:
+def self_test(
+    image: Image.Image,
+    flagged: tuple[Features | None, Features | None],
+    whole_frame: bool = False,
+) -> int:
     """Inliers of degraded copies (JPEG quality 50; cropped by 5% a side) against the
-    image itself, the fewer of the two: how well its copies will verify."""
+    image itself, the fewer of the two: how well its copies will verify. ``whole_frame``:
+    the copies' whole frames against the image's, rather than their contents."""
     w, h = image.size
     copies = (image, image.crop((w // 20, h // 20, w - w // 20, h - h // 20)))
     worst = None
     for copy, quality in zip(copies, (50, 70), strict=True):
         buf = io.BytesIO()
         copy.convert("RGB").save(buf, format="JPEG", quality=quality)
-        found = content(Image.open(io.BytesIO(buf.getvalue())))
+        degraded = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+        found = Content(degraded, None) if whole_frame else content(degraded)
         probe = features(found) if found is not None else None
         score = best_inliers(probe, flagged) if probe is not None else 0
         worst = score if worst is None else min(worst, score)

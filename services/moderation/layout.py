@@ -31,6 +31,7 @@ import binascii
 from dataclasses import dataclass
 from functools import cache, cached_property
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -54,7 +55,7 @@ def _thumbnail(picture: Image.Image, background: tuple[int, int, int] | None) ->
     if background is not None:
         differs = np.abs(small.astype(np.int16) - np.array(background)).max(axis=2)
         mask[differs <= TRIM_TOLERANCE] = 255
-    colour = normalised(small).astype(np.uint8)
+    colour = normalised(small, mask == 0).astype(np.uint8)
     return np.dstack([colour, mask])
 
 
@@ -303,3 +304,71 @@ def _aligned(query: _View, target: _View, grey: bool, coarse: tuple[np.ndarray, 
                 centre, top = candidates[int(scores.argmax())], float(scores.max())
         best = max(best, top)
     return best
+
+
+WARP_CELLS = 16  # the grid (of SIDE / WARP_CELLS px cells) a keypoint match is checked on
+
+
+def warped_agreement(
+    query: np.ndarray,
+    query_size: tuple[float, float],
+    flagged: np.ndarray,
+    flagged_size: tuple[float, float],
+    transform: np.ndarray,
+    mirrored: bool = False,
+) -> float | None:
+    """Share of grid cells whose colour agrees once the query is laid onto the flagged
+    image by the keypoints' transform: what keeps a lattice of repeated keypoints
+    (stripes, dots, bricks) from passing for a copy. Two layout thumbnails
+    (:func:`layout_thumbnail`) with the sizes their keypoints were found at;
+    ``transform`` maps query to flagged keypoint coordinates (of the flagged image's
+    mirror when ``mirrored``). Counted over the cells the query covers, backdrop
+    included, after both are standardised there with one gain and offset (brightness and
+    contrast edits cancel out, a change of hue or backdrop does not); None when the query
+    covers too few cells.
+    """
+    # Greyscale means the whole picture, backdrop included: a black object on a coloured
+    # backdrop is compared in colour.
+    grey = is_grey(query[..., :3], 99.0) or is_grey(flagged[..., :3], 99.0)
+    flagged = flagged[:, ::-1] if mirrored else flagged
+    (fw, fh), (qw, qh) = flagged_size, query_size
+    to_flagged = np.array([[fw / SIDE, 0, 0], [0, fh / SIDE, 0], [0, 0, 1]])
+    to_query = np.array([[SIDE / qw, 0, 0], [0, SIDE / qh, 0], [0, 0, 1]])
+    affine = np.vstack([transform, [0.0, 0.0, 1.0]])
+    if abs(float(np.linalg.det(affine))) < 1e-9:
+        return None
+    # Flagged thumbnail pixel -> flagged keypoint coordinates -> query's -> query thumbnail.
+    inverse = (to_query @ np.linalg.inv(affine) @ to_flagged)[:2]
+    warped = cv2.warpAffine(
+        np.ascontiguousarray(query[..., :3]),
+        inverse,
+        (SIDE, SIDE),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+    )
+    covered = cv2.warpAffine(
+        np.full((SIDE, SIDE), 255, np.uint8),
+        inverse,
+        (SIDE, SIDE),
+        flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+    )
+    step = SIDE // WARP_CELLS
+
+    def cells(a: np.ndarray) -> np.ndarray:
+        a = a.reshape(SIDE, SIDE, -1).astype(np.float32)
+        return a.reshape(WARP_CELLS, step, WARP_CELLS, step, -1).mean(axis=(1, 3))
+
+    inside = cells(covered)[..., 0] > 250
+    if inside.sum() < 8:
+        return None
+    q, f = cells(warped), cells(np.ascontiguousarray(flagged[..., :3]))
+    if grey:
+        q, f = q.mean(axis=-1, keepdims=True), f.mean(axis=-1, keepdims=True)
+    q, f = _standardised(q, inside), _standardised(f, inside)
+    agree = (np.abs(q - f).max(axis=-1) <= TOLERANCE) & inside
+    return float(agree.sum() / inside.sum())
+
+
+def _standardised(cells: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Cells standardised with one gain and offset over ``where`` (mean 128, spread 48)."""
+    sample = cells[where]
+    return (cells - float(sample.mean())) / max(float(sample.std()), 4.0) * 48.0 + 128.0
