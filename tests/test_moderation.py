@@ -20,6 +20,7 @@ from services.audit import RedisAuditLog, SqliteAuditLog
 from services.index.edge import EdgeIndex
 from services.moderation.content import Content, content
 from services.moderation.flagged import (
+    PIXELS_VERSION,
     EntryKind,
     FlaggedEntry,
     FlaggedSet,
@@ -45,6 +46,7 @@ from services.moderation.layout import (
     warped_agreement,
 )
 from services.settings import ImageLimits, ModerationSettings
+from services.storage.files import ImageStore
 from tests.api_fixtures import auth, runtime_of, settle
 from tests.servers import RedisServer
 
@@ -459,6 +461,31 @@ def test_a_texture_whose_frame_looks_uniform_keeps_its_whole_frame(
         )
         found = content(picture)
         assert found is not None and found.image.size == picture.size, angle
+
+
+def test_entries_of_an_older_pixel_format_are_made_again_from_their_originals(
+    encoder, photos: dict[str, Image.Image], tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """An entry stored before the current pixel format (per-channel normalisation, no
+    feature sizes) is remade from its kept original the first time a process reads it,
+    so its copies match as a new entry's do."""
+    index = EdgeIndex(tmp_path / "flagged")
+    index.ensure_collection("flagged", encoder.identity)
+    originals = ImageStore(tmp_path / "originals")
+    flagged = FlaggedSet(
+        encoder, index, "flagged", ModerationSettings(image_threshold=1.0), ImageLimits(), originals
+    )
+    shot = _on_white(photos["chelsea"].crop((60, 20, 360, 280)), 300, (140, 60))
+    entry = flagged.add_image(jpeg(shot, 95), "prohibited", "test")
+    index.set_payload(
+        "flagged", [entry.id], {"pixels_version": 0, "layout": "", "keypoints_frame": ""}
+    )
+    fresh = FlaggedSet(
+        encoder, index, "flagged", ModerationSettings(image_threshold=1.0), ImageLimits(), originals
+    )
+    assert fresh.check_bytes(jpeg(ImageOps.mirror(shot), 80)).quarantined
+    [stored] = index.retrieve("flagged", [entry.id])
+    assert stored.payload["pixels_version"] == PIXELS_VERSION and stored.payload["layout"]
 
 
 @pytest.fixture

@@ -52,7 +52,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -100,6 +100,9 @@ VOTE_LSH: dict[str, bool | int | float | str] = {
     "multi_probe_level": 0,
 }
 VOTE_CHECKS = 32
+# How entries' pixel fields are made; older entries are made again from their originals
+# when a process first reads them (2: hue-preserving normalisation, feature sizes, frames).
+PIXELS_VERSION = 2
 VOTERS = 300  # about this many of a query's keypoints vote (a copy's win by dozens)
 # An entry's mirror view is matched after the entry itself falls short only when the
 # query's keypoints gave the mirror this many votes: a mirrored copy gives it dozens.
@@ -171,6 +174,7 @@ class FlaggedEntry:
     keypoints_frame_mirror: str = ""
     layout_frame: str = ""
     verifiable: bool = False  # a degraded copy verified by keypoints when it was added
+    pixels_version: int = 0  # how the pixel fields were made (PIXELS_VERSION)
 
     def payload(self) -> dict[str, Any]:
         """What the ``flagged`` collection stores."""
@@ -201,6 +205,7 @@ class FlaggedEntry:
             keypoints_frame_mirror=str(p.get("keypoints_frame_mirror", "")),
             layout_frame=str(p.get("layout_frame", "")),
             verifiable=bool(p.get("verifiable", False)),
+            pixels_version=int(p.get("pixels_version", 0) or 0),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -554,8 +559,28 @@ class FlaggedSet:
             self._snapshot = self._build(records)
             return self._snapshot
 
+    def _upgraded(self, entry: FlaggedEntry) -> FlaggedEntry:
+        """An image entry whose pixel fields predate PIXELS_VERSION, made again from its
+        original (kept in the flagged originals store) and saved; as it was when the
+        original is gone."""
+        if (
+            entry.kind is not EntryKind.IMAGE
+            or entry.pixels_version >= PIXELS_VERSION
+            or self.originals is None
+            or not entry.original
+        ):
+            return entry
+        try:
+            data = self.originals.get(entry.original)
+        except NotFound:
+            return entry
+        decoded = decode_image(data, self.limits)
+        pixels = entry_pixels(decoded.image, self.policy.keypoint_threshold)
+        self.index.set_payload(self.collection, [entry.id], pixels)
+        return replace(entry, **pixels)
+
     def _build(self, records: Sequence[Record]) -> _Snapshot:
-        entries = [FlaggedEntry.from_record(r) for r in records]
+        entries = [self._upgraded(FlaggedEntry.from_record(r)) for r in records]
         size = self.encoder.identity.size
         vectors = (
             np.stack([np.asarray(r.vector, dtype=np.float32) for r in records])
@@ -1028,7 +1053,13 @@ def entry_pixels(image: Image.Image, keypoint_threshold: int) -> dict[str, Any]:
     its mirror, and whether degraded copies of it verify by keypoints."""
     found = content(image)
     if found is None:
-        return {"phashes": [], "layout": "", "keypoints": "", "keypoints_mirror": ""}
+        return {
+            "phashes": [],
+            "layout": "",
+            "keypoints": "",
+            "keypoints_mirror": "",
+            "pixels_version": PIXELS_VERSION,
+        }
     pair = keypoint_features(found), keypoint_features(found, mirror=True)
     # Only views whose degraded copies verify are kept: one that does not would refute
     # every copy.
@@ -1049,6 +1080,10 @@ def entry_pixels(image: Image.Image, keypoint_threshold: int) -> dict[str, Any]:
         "keypoints": pair[0].encode() if content_ok and pair[0] is not None else "",
         "keypoints_mirror": pair[1].encode() if content_ok and pair[1] is not None else "",
         "verifiable": content_ok or frame_ok,
+        "pixels_version": PIXELS_VERSION,
+        "keypoints_frame": "",
+        "keypoints_frame_mirror": "",
+        "layout_frame": "",
     }
     if frame is not None and frame[0] is not None and (content_ok or frame_ok):
         out["keypoints_frame"] = frame[0].encode()
