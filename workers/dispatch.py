@@ -6,8 +6,10 @@ This is the one piece of ``workers`` that web and CLI may import: they pass the 
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from celery import Celery
 
@@ -16,6 +18,9 @@ from services.jobs.dispatch import Dispatcher
 from services.jobs.kinds import JOB_KINDS, QUEUES, Kind
 from services.runtime import redis_client
 from services.settings import Settings
+
+# Where kombu's Redis transport keeps delivered, unacknowledged messages.
+UNACKED_KEY = "unacked"
 
 
 class CeleryDispatcher:
@@ -61,6 +66,25 @@ class CeleryDispatcher:
     def workers(self, timeout_s: float = 1.0) -> list[str]:
         replies = self.app.control.ping(timeout=timeout_s)
         return sorted(name for reply in replies for name in reply)
+
+    def in_flight(self, queue: str) -> set[tuple[str, str]]:
+        """Read kombu's ``unacked`` hash: every message a worker took and has not
+        acknowledged (its own, or a dead worker's awaiting redelivery)."""
+        client = redis_client(self.broker_url)
+        found: set[tuple[str, str]] = set()
+        for raw in cast("list[bytes]", client.hvals(UNACKED_KEY)):
+            try:
+                message, _exchange, routing_key = json.loads(raw)
+                if routing_key != queue:
+                    continue
+                _args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+                payload = kwargs.get("payload") or {}
+                item = payload.get("item") or payload.get("url")
+                if payload.get("job_id") and item:
+                    found.add((str(payload["job_id"]), str(item)))
+            except (ValueError, TypeError, KeyError, AttributeError):
+                continue  # not one of ours, or not a task message
+        return found
 
     def close(self) -> None:
         return None

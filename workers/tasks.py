@@ -12,6 +12,8 @@ ready only once its model is loaded.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Collection
 from typing import Any
 
@@ -19,10 +21,12 @@ from celery import Task, shared_task, signals
 from celery_batches import Batches, SimpleRequest
 from celery_batches.trace import apply_batches_task
 
+from services.auth.principal import system
 from services.errors import Unavailable
 from services.ingest.pipeline import backoff_s
 from services.jobs.kinds import JOB_KINDS, JobSpec
-from services.runtime import Runtime, build_runtime
+from services.jobs.service import JobService
+from services.runtime import Runtime, build_job_store, build_runtime, redis_client
 from services.settings import load_settings
 from workers.dispatch import dispatcher_for
 
@@ -61,6 +65,43 @@ def _load_before_ready(sender: Any = None, **_: Any) -> None:
 def _load_in_child(**_: Any) -> None:
     """Prefork children load their own model (after the fork, not before)."""
     worker_runtime()
+
+
+SWEEP_LOCK = "sightline:sweep-lock"
+
+
+def sweep_interval_s(visibility_timeout_s: int) -> float:
+    """How often workers look for items whose message was lost: half the visibility
+    timeout, within 2-30 s (a lost item waits about two intervals)."""
+    return float(min(30.0, max(2.0, visibility_timeout_s / 2)))
+
+
+def _sweep_forever(jobs: JobService, client: Any, interval_s: float) -> None:
+    """Every interval, one worker of the deployment (whichever takes the lock) re-publishes
+    items whose message a killed worker lost (``JobService.recover_lost``)."""
+    me = system("lost-message sweep")
+    while True:
+        time.sleep(interval_s)
+        try:
+            if client.set(SWEEP_LOCK, "1", nx=True, px=int(interval_s * 900)):
+                jobs.recover_lost(me, grace_s=interval_s)
+        except Exception as e:  # a broker blip: the next interval tries again
+            log.warning("lost-message sweep skipped: %s", e)
+
+
+@signals.worker_ready.connect
+def _start_sweeper(**_: Any) -> None:
+    """Each worker's main process sweeps for lost messages; no model is needed for it."""
+    settings = load_settings()
+    dispatcher = dispatcher_for(settings)
+    if dispatcher is None or not settings.queue.broker:
+        return
+    jobs = JobService(build_job_store(settings), dispatcher, settings.queue.visibility_timeout_s)
+    interval = sweep_interval_s(settings.queue.visibility_timeout_s)
+    client = redis_client(settings.queue.broker)
+    threading.Thread(
+        target=_sweep_forever, args=(jobs, client, interval), daemon=True, name="sweeper"
+    ).start()
 
 
 class SightlineTask(_RuntimeMixin, Task):

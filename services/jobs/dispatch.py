@@ -47,6 +47,10 @@ class Dispatcher(Protocol):
     def workers(self, timeout_s: float = 1.0) -> list[str]:
         """Names of the workers that answer a ping."""
 
+    def in_flight(self, queue: str) -> set[tuple[str, str]] | None:
+        """(job id, item) of every message of ``queue`` delivered to a worker and not yet
+        acknowledged; None where the dispatcher cannot lose a message (in-process)."""
+
     def close(self) -> None:
         """Release connections (and finish queued local work)."""
 
@@ -98,6 +102,9 @@ class LocalQueue:
 
     def workers(self, timeout_s: float = 1.0) -> list[str]:
         return ["in-process worker thread"]
+
+    def in_flight(self, queue: str) -> set[tuple[str, str]] | None:
+        return None  # work runs in this process: nothing is in a broker to lose
 
     def close(self) -> None:
         for timer in self._timers:

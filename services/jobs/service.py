@@ -8,18 +8,22 @@ re-publishes the queued items of jobs that never were (the broker failed mid-way
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from services.auth.principal import Principal, Scope
 from services.jobs.dispatch import Dispatcher
-from services.jobs.kinds import Kind
+from services.jobs.kinds import JOB_KINDS, Kind
 from services.jobs.store import DeadLetter, Job, JobStore, State
 
 Payloads = Callable[[str], Sequence[Mapping[str, Any]]]
+log = logging.getLogger(__name__)
 # A job not marked published this long after its creation lost its publisher mid-way.
 UNPUBLISHED_GRACE_S = 60.0
+RECENT_SWEPT = 200  # jobs a lost-message sweep looks at (the job store keeps as many)
 
 
 def _age_s(stamp: str | None, now: dt.datetime) -> float | None:
@@ -35,6 +39,8 @@ class JobService:
         self.store = store
         self.dispatcher = dispatcher
         self.visibility_timeout_s = visibility_timeout_s
+        # Items seen without a message, and when first (recover_lost confirms them).
+        self._suspects: dict[tuple[str, str], float] = {}
 
     def start(
         self,
@@ -128,6 +134,54 @@ class JobService:
             self.store.mark_published(job.id)
             jobs += 1
         return {"jobs": jobs, "items": items}
+
+    def recover_lost(self, caller: Principal, grace_s: float) -> dict[str, int]:
+        """Re-publish items whose message is gone: still queued or processing, while their
+        queue is empty and no worker holds their message.
+
+        The Redis transport takes a message off its queue and then records it as
+        unacknowledged, in two steps: a worker killed between them loses the message (a
+        known kombu limitation), and its item would wait for ever. An item is given up
+        for lost only when seen so in two sweeps at least ``grace_s`` apart (a live
+        worker is between the two steps for microseconds); its kept event is published
+        again, which is safe because point ids come from content. Returns items
+        re-published and items suspected.
+        """
+        caller.require(Scope.ADMIN)
+        now = time.monotonic()
+        depths = self.dispatcher.queue_depths()
+        held: dict[str, set[tuple[str, str]] | None] = {}
+        seen: set[tuple[str, str]] = set()
+        lost: dict[Kind, list[Mapping[str, Any]]] = {}
+        for job in self.store.recent(limit=RECENT_SWEPT):
+            kind = Kind(job.meta.get("publishes", Kind.INGEST))
+            queue = JOB_KINDS[kind].queue
+            if job.state not in (State.QUEUED, State.PROCESSING) or not job.published:
+                continue
+            if depths.get(queue, 0) > 0:
+                continue  # messages still wait: an item may be among them
+            if queue not in held:
+                held[queue] = self.dispatcher.in_flight(queue)
+            holding = held[queue]
+            if holding is None:
+                return {"republished": 0, "suspected": 0}  # in-process: nothing to lose
+            for item in self.store.unsettled(job.id):
+                key = (job.id, item.key)
+                if item.event is None or key in holding:
+                    continue
+                seen.add(key)
+                first = self._suspects.get(key)
+                if first is None:
+                    self._suspects[key] = now  # first seen: confirmed by a later sweep
+                elif now - first >= grace_s:
+                    lost.setdefault(kind, []).append(item.event)
+                    del self._suspects[key]
+        for key in set(self._suspects) - seen:
+            del self._suspects[key]  # settled, or back in a queue
+        for kind, events in lost.items():
+            self.dispatcher.publish(kind, events)
+            log.warning("re-published %d %s item(s) whose message was lost", len(events), kind)
+        return {"republished": sum(map(len, lost.values())), "suspected": len(self._suspects)}
 
     def dead_letters(self, caller: Principal, limit: int = 100) -> list[DeadLetter]:
         """Messages no worker could parse, newest first."""

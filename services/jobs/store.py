@@ -210,6 +210,10 @@ class JobStore(abc.ABC):
     def recent(self, limit: int = 20) -> list[Job]:
         """The newest jobs still kept, newest first (for the status page)."""
 
+    def unsettled(self, job_id: str) -> list[ItemStatus]:
+        """Items still queued or being processed (what a lost message would leave)."""
+        return [i for i in self.items(job_id) if i.state in (State.QUEUED, State.PROCESSING)]
+
     @abc.abstractmethod
     def add_dead_letter(self, kind: str, payload: Any, reason: str) -> str:
         """Keep a message that could not be parsed; returns its id."""
@@ -621,6 +625,16 @@ class RedisJobStore(JobStore):
                     since=status.get("since"),
                 )
         return out
+
+    @_redis_call
+    def unsettled(self, job_id: str) -> list[ItemStatus]:
+        keys = sorted(
+            _s(k)
+            for k in self.r.sunion(
+                self._k(job_id, State.QUEUED.value), self._k(job_id, State.PROCESSING.value)
+            )
+        )
+        return list(self.statuses(job_id, keys).values())
 
     @_redis_call
     def add_dead_letter(self, kind: str, payload: Any, reason: str) -> str:
