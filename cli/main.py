@@ -6,7 +6,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn, cast
 
 import typer
 from tqdm import tqdm
@@ -16,6 +16,7 @@ from cli.context import caller, finish_job, open_runtime, stored_id
 from cli.metadata import load_metadata, metadata_for
 from cli.output import emit_json, hits_as_dicts, print_hits, print_job
 from cli.remote import URL_ENV, Remote, RemoteError
+from services.auth.principal import Role
 from services.errors import ConfigError, SightlineError
 from services.filters import parse_filters
 from services.ids import is_image_id
@@ -42,16 +43,48 @@ GroupOpt = Annotated[
 ]
 
 
-def _walk(paths: list[Path]) -> Iterator[tuple[Path, Path]]:
-    """(file, root) for every non-hidden file under the given files and folders, sorted."""
+# Files that sit beside catalog images and are never images: skipped inside folders
+# (a file named on the command line is still tried, and refused if it is not an image).
+NOT_IMAGES = frozenset(
+    {
+        ".csv",
+        ".tsv",
+        ".json",
+        ".jsonl",
+        ".ndjson",
+        ".txt",
+        ".md",
+        ".yaml",
+        ".yml",
+        ".xml",
+        ".html",
+        ".pdf",
+        ".zip",
+        ".db",
+        ".sqlite",
+        ".log",
+        ".py",
+        ".sh",
+    }
+)
+
+
+def _walk(paths: list[Path], skipped: list[Path] | None = None) -> Iterator[tuple[Path, Path]]:
+    """(file, root) for every non-hidden file under the given files and folders, sorted;
+    metadata and other non-image files inside folders go to ``skipped``."""
     for root in paths:
         if root.is_file():
             yield root, root.parent
         elif root.is_dir():
             for f in sorted(root.rglob("*")):
                 rel = f.relative_to(root).parts
-                if f.is_file() and not any(part.startswith(".") for part in rel):
-                    yield f, root
+                if not f.is_file() or any(part.startswith(".") for part in rel):
+                    continue
+                if f.suffix.lower() in NOT_IMAGES:
+                    if skipped is not None:
+                        skipped.append(f)
+                    continue
+                yield f, root
         else:
             raise typer.BadParameter(f"{root}: no such file or folder")
 
@@ -66,7 +99,11 @@ def ingest(
 ) -> None:
     """Index images (folders recursively). Exit status 1 if any item failed."""
     table = load_metadata(metadata) if metadata else {}
-    files = list(_walk(paths))
+    not_images: list[Path] = []
+    files = list(_walk(paths, not_images))
+    if not_images:
+        names = ", ".join(f.name for f in not_images[:5]) + (" …" if len(not_images) > 5 else "")
+        typer.echo(f"skipped {len(not_images)} non-image file(s): {names}", err=True)
     if (remote := Remote.from_env()) is not None:
         _ingest_remote(remote, files, table, as_json)
         return
@@ -132,6 +169,12 @@ def _ingest_remote(
         raise typer.Exit(1)
 
 
+def _warn(warnings: list[str]) -> None:
+    """Filter warnings on stderr, so that ``--json`` output stays one document."""
+    for warning in warnings:
+        typer.echo(f"warning: {warning}", err=True)
+
+
 def _query_params(k: int, where: list[str] | None, one_per: str | None) -> dict[str, Any]:
     params: dict[str, Any] = {"k": k, "where": where or []}
     if one_per:
@@ -155,6 +198,7 @@ def search(
         return
     runtime = open_runtime()
     hits = runtime.search.text(caller(), text, k=k, flt=flt, group_by=one_per)
+    _warn(runtime.search.unknown_fields(caller(), flt))
     runtime.close()
     emit_json(hits_as_dicts(hits)) if as_json else print_hits(hits)
 
@@ -186,6 +230,7 @@ def similar(
     else:
         image_id = stored_id(runtime, ref)
         hits = runtime.search.similar(caller(), image_id, k=k, flt=flt, group_by=one_per)
+    _warn(runtime.search.unknown_fields(caller(), flt))
     runtime.close()
     emit_json(hits_as_dicts(hits)) if as_json else print_hits(hits)
 
@@ -434,7 +479,9 @@ app.command("tag")(tagging.tag)
 app.command("retag")(tagging.retag)
 app.command("eval")(tagging.evaluate)
 
-admin_app = typer.Typer(help="Dashboard accounts: create, list.", no_args_is_help=True)
+admin_app = typer.Typer(
+    help="Dashboard accounts: create, list, role, delete.", no_args_is_help=True
+)
 app.add_typer(admin_app, name="admin")
 
 
@@ -444,21 +491,42 @@ def admin_create(
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read the password from standard input.")
     ] = False,
+    role: Annotated[
+        Role | None,
+        typer.Option(help="viewer, moderator or admin (new accounts: admin; resets keep theirs)."),
+    ] = None,
 ) -> None:
-    """Create (or reset the password of) a dashboard admin account."""
+    """Create (or reset the password of) a dashboard account."""
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
-    account = build_access(load_settings()).create_account(caller(), username, password)
-    typer.echo(f"admin account {account.username!r} ready; log in at /admin")
+    account = build_access(load_settings()).create_account(caller(), username, password, role)
+    typer.echo(f"{account.role} account {account.username!r} ready; log in at /admin")
 
 
 @admin_app.command("list")
 def admin_list() -> None:
-    """Dashboard account names."""
-    for name in build_access(load_settings()).usernames(caller()):
-        typer.echo(name)
+    """Dashboard accounts and their roles."""
+    for account in build_access(load_settings()).accounts_list(caller()):
+        typer.echo(f"{account.username}\t{account.role}")
+
+
+@admin_app.command("role")
+def admin_role(
+    username: Annotated[str, typer.Argument(help="Login name.")],
+    role: Annotated[Role, typer.Argument(help="viewer, moderator or admin.")],
+) -> None:
+    """Change an account's role (open sessions follow at once)."""
+    account = build_access(load_settings()).set_role(caller(), username, role)
+    typer.echo(f"{account.username!r} is now a {account.role}")
+
+
+@admin_app.command("delete")
+def admin_delete(username: Annotated[str, typer.Argument(help="Login name.")]) -> None:
+    """Remove an account and end its sessions."""
+    build_access(load_settings()).delete_account(caller(), username)
+    typer.echo(f"deleted account {username!r}")
 
 
 keys_app = typer.Typer(help="API keys: create, list, revoke.", no_args_is_help=True)
@@ -616,19 +684,39 @@ Try (API key for this demo: {token}):
     run_simple(host, port, flask_app, threaded=True, use_reloader=False)
 
 
+def _fail(code: str, message: str, status: int = 2) -> NoReturn:
+    """One error: a line on stderr, or with ``--json`` a JSON document on stdout (what a
+    script reads) in the API's error shape."""
+    if "--json" in sys.argv[1:]:
+        emit_json({"error": {"code": code, "message": message}})
+    else:
+        typer.echo(
+            f"error: {message}" if code != "config_error" else f"configuration error: {message}",
+            err=True,
+        )
+    sys.exit(status)
+
+
 def main() -> None:
-    """Entry point: domain errors become a one-line message and exit status 2."""
+    """Entry point: domain errors become a one-line message (JSON under ``--json``) and
+    exit status 2; usage errors too."""
     try:
-        app()
+        status = app(standalone_mode=False)
     except ConfigError as e:
-        typer.echo(f"configuration error: {e}", err=True)
-        sys.exit(2)
+        _fail("config_error", str(e))
     except SightlineError as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        _fail(e.code, str(e))
     except RemoteError as e:
-        typer.echo(f"error from {os.environ.get(URL_ENV)}: {e}", err=True)
-        sys.exit(2)
+        _fail("remote_error", f"from {os.environ.get(URL_ENV)}: {e}")
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    except typer.TyperException as e:  # usage: a missing argument, no such file, ...
+        if "--json" in sys.argv[1:]:
+            _fail("usage_error", e.format_message(), e.exit_code)
+        cast(Any, e).show()  # click's usage message and hint
+        sys.exit(e.exit_code)
+    sys.exit(status if isinstance(status, int) else 0)
 
 
 if __name__ == "__main__":

@@ -109,6 +109,8 @@ class Remote:
         """Ranked results as the local services return them."""
         method = "POST" if "files" in kwargs else "GET"
         data = self.call(method, path, params=params, **kwargs)
+        for warning in data.get("warnings", []):
+            typer.echo(f"warning: {warning}", err=True)
         return [SearchHit(h["image_id"], float(h["score"]), h["payload"]) for h in data["results"]]
 
     def upload(

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.errors import BrokerUnavailable, StorageUnavailable
+from services.errors import BrokerUnavailable, InvalidInput, StorageUnavailable
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,21 @@ class AuditLog(abc.ABC):
         """Append one event per ``(target, reason, details)`` in one durable write."""
 
     @abc.abstractmethod
-    def list(self, limit: int = 100, target: str | None = None) -> list[AuditEvent]:
-        """The newest events (optionally about one target), newest first."""
+    def list(
+        self,
+        limit: int = 100,
+        target: str | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        before: str | None = None,
+    ) -> list[AuditEvent]:
+        """The newest events, newest first: optionally about one target, by one actor, of
+        actions starting with ``action`` (``flag.`` for every flag change), older than the
+        event id ``before`` (the last id of the previous page).
+
+        Raises:
+            InvalidInput: ``before`` is not an id this log gave.
+        """
 
     @abc.abstractmethod
     def events(self) -> Iterator[AuditEvent]:
@@ -167,12 +180,31 @@ class SqliteAuditLog(AuditLog):
             [(e.at, e.actor, e.action, e.target, e.reason, _details(e.details)) for e in events]
         )
 
-    def list(self, limit: int = 100, target: str | None = None) -> list[AuditEvent]:
+    def list(
+        self,
+        limit: int = 100,
+        target: str | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        before: str | None = None,
+    ) -> list[AuditEvent]:
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("target", target), ("actor", actor)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if action:  # a prefix: substr avoids LIKE's wildcards in the value
+            where.append("substr(action, 1, ?) = ?")
+            args += [len(action), action]
+        if before is not None:
+            if not (before.isascii() and before.isdigit() and len(before) < 19):
+                raise InvalidInput(f"before: {before!r} is not an audit event id")
+            where.append("id < ?")
+            args.append(int(before))
         query = "SELECT id, at, actor, action, target, reason, details FROM audit"
-        args: tuple[Any, ...] = ()
-        if target is not None:
-            query += " WHERE target = ?"
-            args = (target,)
+        if where:
+            query += " WHERE " + " AND ".join(where)
         with self._lock:
             rows = self._db.execute(query + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
         return [AuditEvent(str(r[0]), r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
@@ -275,16 +307,32 @@ class RedisAuditLog(AuditLog):
             json.loads(g["details"]),
         )
 
-    def list(self, limit: int = 100, target: str | None = None) -> list[AuditEvent]:
+    def list(
+        self,
+        limit: int = 100,
+        target: str | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        before: str | None = None,
+    ) -> list[AuditEvent]:
         out: list[AuditEvent] = []
         end = "+"
+        if before is not None:
+            ms, dash, seq = before.partition("-")
+            if not (dash and ms.isascii() and ms.isdigit() and seq.isascii() and seq.isdigit()):
+                raise InvalidInput(f"before: {before!r} is not an audit event id")
+            end = "(" + before
         while len(out) < limit:
             page = self.r.xrevrange(self.key, max=end, min="-", count=500)
             if not page:
                 break
             for event_id, f in page:
                 event = self._event(event_id, f)
-                if target is None or event.target == target:
+                if (
+                    (target is None or event.target == target)
+                    and (actor is None or event.actor == actor)
+                    and (not action or event.action.startswith(action))
+                ):
                     out.append(event)
             last = page[-1][0]
             end = "(" + (last.decode() if isinstance(last, bytes) else str(last))

@@ -35,21 +35,21 @@ PUBLIC_FIELDS = frozenset(
     }
 )
 # Fields the system writes for its own use: moderation matches, reviewer and reason,
-# perceptual hashes. Admins only.
+# perceptual hashes. Moderators and admins only.
 INTERNAL_FIELDS = frozenset({"moderation", "moderation_status", "phash"})
 # Every system field: user metadata may not use these names.
 SYSTEM_FIELDS = PUBLIC_FIELDS | INTERNAL_FIELDS
 
 
 def can_see(caller: Principal, payload: Mapping[str, Any]) -> bool:
-    """Quarantined images exist only for admins."""
-    return caller.is_admin or payload.get("moderation_status") != QUARANTINED
+    """Quarantined images exist only for moderators and admins."""
+    return caller.sees_moderation or payload.get("moderation_status") != QUARANTINED
 
 
 def visible_filter(caller: Principal, flt: PayloadFilter | None = None) -> PayloadFilter:
     """``flt`` narrowed to what the caller may see."""
     flt = flt or PayloadFilter()
-    if caller.is_admin:
+    if caller.sees_moderation:
         return flt
     return PayloadFilter(
         equals=flt.equals,
@@ -67,6 +67,6 @@ def shape_for(caller: Principal, payload: Mapping[str, Any]) -> dict[str, Any]:
     through the whole pipeline and checks), so an undeclared internal field cannot pass
     as user metadata.
     """
-    if caller.is_admin:
+    if caller.sees_moderation:
         return dict(payload)
     return {k: v for k, v in payload.items() if k in PUBLIC_FIELDS or k not in SYSTEM_FIELDS}

@@ -337,6 +337,7 @@ def build_runtime(
         thumbnails,
         settings.query_cache_size,
         settings.index.text_hnsw_ef,
+        ThumbnailStore(blobs("query-thumbnails"), ImageStore(blobs("queries")), limits),
     )
     indexer = Indexer(encoder, index, collections.images, thumbnails, tagger, flagged, audit)
     max_bytes = limits.max_bytes

@@ -277,6 +277,12 @@ class WebSettings(BaseModel):
     rate_limit_storage: str | None = Field(
         default=None, description="limits storage URI; defaults to the broker's Redis, else memory."
     )
+    status_sample_s: float = Field(
+        default=30.0,
+        ge=0.0,
+        description="How often each web process samples index size, queue depth and "
+        "failures for the status page's last-hour charts (0: no sampling).",
+    )
     max_request_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     max_files_per_upload: int = Field(default=256, ge=1)
     metrics_public: bool = Field(default=True, description="Serve /metrics without a key.")

@@ -8,6 +8,8 @@ import os
 # No test may reach the network: make Hugging Face fail fast instead of trying the hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Status charts are sampled by hand in the tests that check them, not by a thread per app.
+os.environ.setdefault("SIGHTLINE_WEB__STATUS_SAMPLE_S", "0")
 
 from collections.abc import Iterator
 from pathlib import Path

@@ -66,7 +66,11 @@ def test_every_page_needs_login(client: FlaskClient) -> None:
         "/admin/upload",
         "/admin/taxonomy",
         "/admin/moderation",
+        "/admin/moderation/flagged",
+        "/admin/moderation/audit",
         "/admin/status",
+        "/admin/accounts",
+        "/admin/account",
     ):
         r = client.get(path)
         assert r.status_code == 302 and "/admin/login" in r.location, path
@@ -102,7 +106,7 @@ def test_pages_render_real_data(app: Flask, client: FlaskClient, catalog: list[s
     assert catalog[0] in image and "Similar images" in image and "item 0" in image
     assert client.get(f"/admin/images/{catalog[0]}/thumbnail?size=128").mimetype == "image/jpeg"
     status = client.get("/admin/status").get_data(as_text=True)
-    assert "12 points" in status and "in-process worker thread" in status
+    assert '<td class="num">12</td>' in status and "in-process worker thread" in status
     token = csrf(client, "/admin/taxonomy")
     r = client.post(
         "/admin/taxonomy",

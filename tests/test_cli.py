@@ -45,22 +45,22 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_ingest_search_similar_match_brute_force(env, catalog, tiny_model_dir) -> None:  # type: ignore[no-untyped-def]
     images = sorted(p for p in catalog.rglob("*.png"))
-    first = json.loads(
-        run(
-            env,
-            "ingest",
-            str(catalog),
-            "--metadata",
-            str(catalog / "meta.csv"),
-            "--json",
-            check=False,
-        ).stdout
-    )
-    # meta.csv itself is not an image: it fails with a reason, the 10 images are indexed.
-    assert first["summary"] == {"indexed": 10, "updated": 0, "skipped": 0, "failed": 1}
-    failed = [r for r in first["results"] if r["outcome"] == "failed"]
+    proc = run(env, "ingest", str(catalog), "--metadata", str(catalog / "meta.csv"), "--json")
+    first = json.loads(proc.stdout)
+    # meta.csv inside the folder is skipped and said so (exit 0); the 10 images are indexed.
+    assert first["summary"] == {"indexed": 10, "updated": 0, "skipped": 0, "failed": 0}
+    assert "skipped 1 non-image file(s): meta.csv" in proc.stderr
+    assert not any(r["file"].endswith("meta.csv") for r in first["results"])
+    # Named on the command line, it is tried, and refused with a reason.
+    named = run(env, "ingest", str(catalog / "meta.csv"), "--json", check=False)
+    [refused] = json.loads(named.stdout)["results"]
+    assert named.returncode == 1 and "not a recognised image" in refused["reason"]
+    # Errors under --json are JSON too.
+    bad = run(env, "search", "x", "--where", "price<<1", "--json", check=False)
+    assert bad.returncode == 2 and json.loads(bad.stdout)["error"]["code"] == "invalid_filter"
+    missing = run(env, "similar", "missing.jpg", "--json", check=False)
     assert (
-        failed[0]["file"].endswith("meta.csv") and "not a recognised image" in failed[0]["reason"]
+        missing.returncode == 2 and "no such file" in json.loads(missing.stdout)["error"]["message"]
     )
 
     again = json.loads(run(env, "ingest", str(catalog), "--json", check=False).stdout)

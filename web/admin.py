@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from flask import (
     Blueprint,
     Response,
+    current_app,
     flash,
     g,
     jsonify,
@@ -29,16 +30,18 @@ from flask import (
 from flask.typing import ResponseReturnValue
 from pydantic import Field, TypeAdapter, ValidationError
 
-from services.auth.principal import Principal
-from services.errors import InvalidInput, SightlineError
+from services.auth.principal import Principal, Role, Scope
+from services.errors import Forbidden, InvalidInput, NotFound, SightlineError
 from services.filters import parse_filters
+from services.ids import is_image_id
 from services.ingest.intake import IngestItem
 from services.moderation.review import Decision
 from services.search.service import MAX_K, SearchHit
 from services.tagging.scoring import TagResult
 from services.tagging.taxonomy import Taxonomy, parse_taxonomy
 from web import schemas as s
-from web.extension import runtime
+from web.charts import chart
+from web.extension import HISTORY, runtime
 
 bp = Blueprint(
     "admin",
@@ -51,6 +54,8 @@ bp = Blueprint(
 PER_PAGE = 24
 MAX_PAGE = MAX_K // PER_PAGE
 PAGE = TypeAdapter(Annotated[int, Field(ge=1, le=MAX_PAGE)])
+QUEUE_PAGE = 12
+AUDIT_PAGE = 50
 FLAG_FIELDS = ("category", "threshold", "note")
 
 
@@ -114,6 +119,24 @@ def login_required(view: Callable[..., ResponseReturnValue]) -> Callable[..., Re
     return wrapped
 
 
+def needs(
+    scope: Scope,
+) -> Callable[[Callable[..., ResponseReturnValue]], Callable[..., ResponseReturnValue]]:
+    """A page or action for roles holding ``scope`` (after ``login_required``); others
+    get the dashboard's 403 page. Services check again."""
+
+    def decorate(view: Callable[..., ResponseReturnValue]) -> Callable[..., ResponseReturnValue]:
+        @functools.wraps(view)
+        def wrapped(**kwargs: Any) -> ResponseReturnValue:
+            if not caller().allows(scope):
+                raise Forbidden(f"your role cannot use this page (it needs {scope.value!r})")
+            return view(**kwargs)
+
+        return wrapped
+
+    return decorate
+
+
 @bp.after_request
 def _no_store(response: Response) -> Response:
     """Dashboard pages and answers show catalog and moderation data: browsers and proxies
@@ -134,7 +157,16 @@ def _safe_next(target: str | None) -> str:
 
 @bp.app_context_processor
 def _globals() -> dict[str, Any]:
-    return {"current_user": user()}
+    try:
+        principal = _session_principal()
+    except SightlineError:  # an error page while the account store is down
+        principal = None
+
+    def can(scope: str) -> bool:
+        return principal is not None and principal.allows(Scope(scope))
+
+    name = principal.name.removeprefix("user:") if principal is not None else None
+    return {"current_user": name, "can": can}
 
 
 # -- session ---------------------------------------------------------------------------
@@ -186,13 +218,25 @@ def _cacheable(data: bytes, mimetype: str, tag: str) -> ResponseReturnValue:
     return response.make_conditional(request)  # 304 when the browser already has it
 
 
+def _size() -> int:
+    size = request.args.get("size", "256")
+    return int(size) if size.isascii() and size.isdigit() and len(size) < 5 else 256
+
+
 @bp.get("/images/<image_id>/thumbnail")
 @login_required
 def thumbnail(image_id: str) -> ResponseReturnValue:
-    size = request.args.get("size", "256")
-    size_px = int(size) if size.isascii() and size.isdigit() and len(size) < 5 else 256
+    size_px = _size()
     data = runtime().search.thumbnail(caller(), image_id, size_px)
     return _cacheable(data, "image/jpeg", f"{image_id}-{size_px}")
+
+
+@bp.get("/queries/<query_id>/thumbnail")
+@login_required
+def query_thumbnail(query_id: str) -> ResponseReturnValue:
+    size_px = _size()
+    data = runtime().search.query_thumbnail(caller(), query_id, size_px)
+    return _cacheable(data, "image/jpeg", f"q-{query_id}-{size_px}")
 
 
 @bp.get("/images/<image_id>/file")
@@ -202,9 +246,10 @@ def original(image_id: str) -> ResponseReturnValue:
     return _cacheable(data, f"image/{(fmt or 'jpeg').lower()}", image_id)
 
 
-def _tag_filters(dimensions: list[str]) -> tuple[list[str], dict[str, str]]:
-    chosen = {d: request.values.get(f"tag_{d}", "") for d in dimensions}
-    return [f"tags.{d}={v}" for d, v in chosen.items() if v], chosen
+def _tag_filters(dimensions: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """Each dimension's chosen labels (a repeated parameter means any of them)."""
+    chosen = {d: [v for v in request.values.getlist(f"tag_{d}") if v] for d in dimensions}
+    return [f"tags.{d}=" + "|".join(v) for d, v in chosen.items() if v], chosen
 
 
 @bp.route("/search", methods=["GET", "POST"])
@@ -215,37 +260,60 @@ def search() -> ResponseReturnValue:
     dimensions = [d.name for d in taxonomy.dimensions] if taxonomy else []
     q = request.values.get("q", "").strip()
     where = request.values.get("where", "").strip()
+    query_image = request.values.get("image", "").strip().lower() or None
     one_per = "product_id" if request.values.get("one_per") else None
+    exprs, chosen = _tag_filters(dimensions)
+    link_args: dict[str, Any] = {
+        "q": q,
+        "where": where,
+        **({"one_per": 1} if one_per else {}),
+        **{f"tag_{d}": v for d, v in chosen.items() if v},
+    }
+    upload = request.files.get("file")
+    if request.method == "POST" and upload is not None and upload.filename:
+        # Kept by id so that the result pages (and a reload) are plain links: POST,
+        # then redirect to a GET that names the query image.
+        try:
+            kept = rt.search.keep_query_image(caller(), upload.read())
+        except InvalidInput as e:
+            flash(f"That image cannot be searched with: {e}")
+            return redirect(url_for("admin.search", **link_args))
+        return redirect(url_for("admin.search", image=kept, **{**link_args, "q": ""}), 303)
     error = None
     try:
         page = PAGE.validate_python(request.values.get("page") or "1")
     except ValidationError:
         page, error = 1, f"page must be a whole number from 1 to {MAX_PAGE}"
-    exprs, chosen = _tag_filters(dimensions)
     if where:
         exprs += [w.strip() for w in where.split(";") if w.strip()]
     hits: list[SearchHit] = []
-    mode = "browse"
+    total: int | None = None
+    warnings: list[str] = []
+    mode = "image" if query_image else "text" if q else "browse"
+    start = (page - 1) * PER_PAGE
     try:
         flt = parse_filters(exprs)
-        k = min(page * PER_PAGE + 1, 1000)
-        upload = request.files.get("file")
-        if request.method == "POST" and upload is not None and upload.filename:
-            hits = rt.search.by_image(caller(), upload.read(), k, flt, one_per)
-            mode = "image"
+        warnings = rt.search.unknown_fields(caller(), flt)
+        k = min(start + PER_PAGE + 1, MAX_K)
+        if query_image:
+            hits = rt.search.by_kept_image(caller(), query_image, k, flt, one_per)
         elif q:
             hits = rt.search.text(caller(), q, k, flt, one_per)
-            mode = "text"
         else:
             hits = rt.search.browse(caller(), flt, limit=k)
+        total = rt.search.count(caller(), flt, query_image)
     except InvalidInput as e:
         error = str(e)
-    start = (page - 1) * PER_PAGE
+    except NotFound as e:  # a query image no longer kept
+        error, mode, query_image = str(e), "browse", None
+    if query_image:
+        link_args = {**link_args, "image": query_image, "q": ""}
     shown = hits[start : start + PER_PAGE]
     options = {
         d.name: [label.name for label in d.labels]
         for d in (taxonomy.dimensions if taxonomy else [])
     }
+    best = hits[0].score if hits else 1.0  # bars relative to the best match of the search
     return render_template(
         "admin/search.html",
         q=q,
@@ -254,16 +322,15 @@ def search() -> ResponseReturnValue:
         hits=shown,
         start=start,
         page=page,
+        total=total,
+        best=best,
         has_next=len(hits) > start + PER_PAGE,
         mode=mode,
+        query_image=query_image,
         options=options,
         chosen=chosen,
-        link_args={
-            "q": q,
-            "where": where,
-            **({"one_per": 1} if one_per else {}),
-            **{f"tag_{d}": v for d, v in chosen.items() if v},
-        },
+        link_args=link_args,
+        warnings=warnings,
         error=error,
     )
 
@@ -282,7 +349,7 @@ def image(image_id: str) -> ResponseReturnValue:
     }
     return render_template(
         "admin/image.html",
-        image_id=image_id,
+        image_id=str(payload.get("image_id", image_id)),
         payload=payload,
         metadata=metadata,
         tag_scores=payload.get("tag_scores") or {},
@@ -293,9 +360,50 @@ def image(image_id: str) -> ResponseReturnValue:
     )
 
 
-@bp.post("/images/<image_id>/delete")
+def _confirm(
+    title: str,
+    message: str,
+    action: str,
+    button: str,
+    cancel: str,
+    fields: list[tuple[str, str]] | None = None,
+    images: list[str] | None = None,
+) -> ResponseReturnValue:
+    """A page asking to confirm a destructive action: a plain form that posts again with
+    ``confirmed=1``, so it works without JavaScript."""
+    return render_template(
+        "admin/confirm.html",
+        title=title,
+        message=message,
+        action=action,
+        button=button,
+        cancel=cancel,
+        fields=fields or [],
+        images=images or [],
+    )
+
+
+def _confirmed() -> bool:
+    return request.method == "POST" and request.form.get("confirmed") == "1"
+
+
+@bp.route("/images/<image_id>/delete", methods=["GET", "POST"])
 @login_required
+@needs(Scope.INGEST)
 def delete(image_id: str) -> ResponseReturnValue:
+    record = runtime().search.record(caller(), image_id)  # 404 before asking
+    image_id = str(record.payload.get("image_id", image_id))
+    if not _confirmed():
+        name = record.payload.get("title") or record.payload.get("filename") or image_id[:12]
+        return _confirm(
+            "Delete this image?",
+            f"“{name}” will be removed from the catalog, with its original and thumbnails. "
+            "This cannot be undone.",
+            url_for("admin.delete", image_id=image_id),
+            "Delete the image",
+            url_for("admin.image", image_id=image_id),
+            images=[image_id],
+        )
     job_id = runtime().uploads.delete(caller(), [image_id])
     flash(f"Deleting {image_id[:12]}… (job {job_id[:8]})")
     return redirect(url_for("admin.search"))
@@ -306,6 +414,7 @@ def delete(image_id: str) -> ResponseReturnValue:
 
 @bp.get("/upload")
 @login_required
+@needs(Scope.INGEST)
 def upload_page() -> ResponseReturnValue:
     return render_template("admin/upload.html")
 
@@ -344,6 +453,7 @@ def job(job_id: str) -> ResponseReturnValue:
 
 @bp.route("/taxonomy", methods=["GET", "POST"])
 @login_required
+@needs(Scope.ADMIN)
 def taxonomy() -> ResponseReturnValue:
     tagging = runtime().tagging
     current = tagging.taxonomy(caller())
@@ -377,9 +487,17 @@ def taxonomy() -> ResponseReturnValue:
 
 @bp.get("/moderation")
 @login_required
+@needs(Scope.MODERATE)
 def moderation() -> ResponseReturnValue:
+    """The review queue, a page at a time (``after``: the previous page's cursor)."""
     moderation = runtime().moderation
-    records, _ = moderation.queue(caller(), limit=100)
+    after = request.args.get("after") or None
+    try:
+        records, next_cursor = moderation.queue(caller(), limit=QUEUE_PAGE, offset=after)
+    except InvalidInput:
+        records, next_cursor = moderation.queue(caller(), limit=QUEUE_PAGE)
+        after = None
+        flash("That page of the queue is gone; showing the first page.")
     entries = {e.id: e for e in moderation.entries(caller())}
     queue = []
     for r in records:
@@ -388,38 +506,62 @@ def moderation() -> ResponseReturnValue:
     return render_template(
         "admin/moderation.html",
         queue=queue,
-        entries=list(entries.values()),
-        audit=moderation.audit_log(caller(), limit=50),
         pending=moderation.pending(caller()),
+        after=after,
+        next_cursor=next_cursor,
     )
 
 
 @bp.post("/moderation/decide")
 @login_required
+@needs(Scope.MODERATE)
 def decide() -> ResponseReturnValue:
     ids = request.form.getlist("image_ids")
     action = request.form.get("action", "")
+    back = _safe_next(request.form.get("back") or url_for("admin.moderation"))
     if not ids or action not in ("approve", "reject"):
         flash("Select at least one image, then approve or reject.")
-        return redirect(url_for("admin.moderation"))
+        return redirect(back)
+    reason = request.form.get("reason") or ""
+    add = request.form.get("add_to_flagged") or ""
+    if action == "reject" and not _confirmed():
+        fields = [("image_ids", i) for i in ids]
+        fields += [("action", "reject"), ("reason", reason), ("add_to_flagged", add)]
+        fields.append(("back", back))
+        also = " Their images join the flagged set." if add else ""
+        return _confirm(
+            f"Reject {len(ids)} image(s)?",
+            "Rejected images are removed from the catalog with their originals; "
+            f"the audit log keeps the decision{f' (reason: {reason})' if reason else ''}.{also}",
+            url_for("admin.decide"),
+            f"Reject {len(ids)} image(s)",
+            back,
+            fields,
+            ids,
+        )
     results = runtime().moderation.decide(
-        caller(),
-        ids,
-        Decision(action),
-        request.form.get("reason") or None,
-        add_to_flagged=bool(request.form.get("add_to_flagged")),
+        caller(), ids, Decision(action), reason or None, add_to_flagged=bool(add)
     )
     done = sum(r.ok for r in results)
-    flash(f"{action.capitalize()}d {done} of {len(results)} image(s).")
-    return redirect(url_for("admin.moderation"))
+    flash(f"{'Approved' if action == 'approve' else 'Rejected'} {done} of {len(results)} image(s).")
+    return redirect(back)
+
+
+@bp.get("/moderation/flagged")
+@login_required
+@needs(Scope.MODERATE)
+def flagged() -> ResponseReturnValue:
+    return render_template("admin/flagged.html", entries=runtime().moderation.entries(caller()))
 
 
 @bp.post("/flagged")
 @login_required
+@needs(Scope.MODERATE)
 def flag_add() -> ResponseReturnValue:
     moderation = runtime().moderation
     upload = request.files.get("file")
     fields = {k: v.strip() for k, v in request.form.items() if k in FLAG_FIELDS and v.strip()}
+    back = url_for("admin.flagged")
     try:
         # The API's schemas: a form cannot do what the API refuses.
         if upload is not None and upload.filename:
@@ -435,23 +577,154 @@ def flag_add() -> ResponseReturnValue:
             )
     except ValidationError as e:
         flash(f"Not added: {_describe(e)}")
-        return redirect(url_for("admin.moderation"))
+        return redirect(back)
     except SightlineError as e:
         flash(f"Not added: {e}")
-        return redirect(url_for("admin.moderation"))
+        return redirect(back)
     flash(
         f"Added a {entry.kind.value} entry ({entry.category}); "
         f"scanning the catalog (job {(job_id or '')[:8]})."
     )
-    return redirect(url_for("admin.moderation"))
+    return redirect(back)
 
 
-@bp.post("/flagged/<entry_id>/remove")
+@bp.route("/flagged/<entry_id>/remove", methods=["GET", "POST"])
 @login_required
+@needs(Scope.MODERATE)
 def flag_remove(entry_id: str) -> ResponseReturnValue:
-    entry = runtime().moderation.remove(caller(), entry_id)
+    moderation = runtime().moderation
+    entry = next((e for e in moderation.entries(caller()) if e.id == entry_id), None)
+    if entry is None:
+        raise NotFound(f"no flagged entry {entry_id!r}")
+    if not _confirmed():
+        what = f"the text concept “{entry.source}”" if entry.kind.value == "text" else "this image"
+        return _confirm(
+            f"Remove a {entry.category} entry?",
+            f"New uploads will no longer be checked against {what}. Images it already "
+            "quarantined stay in the review queue.",
+            url_for("admin.flag_remove", entry_id=entry_id),
+            "Remove the entry",
+            url_for("admin.flagged"),
+        )
+    moderation.remove(caller(), entry_id)
     flash(f"Removed the {entry.category} entry.")
-    return redirect(url_for("admin.moderation"))
+    return redirect(url_for("admin.flagged"))
+
+
+def _audit_link(target: str) -> str | None:
+    """Where an audit target can be seen in the dashboard, if anywhere."""
+    if is_image_id(target):
+        return url_for("admin.image", image_id=target)
+    if target.startswith("user:") and caller().is_admin:
+        return url_for("admin.accounts")
+    return None
+
+
+@bp.get("/moderation/audit")
+@login_required
+@needs(Scope.MODERATE)
+def audit() -> ResponseReturnValue:
+    """The audit log, newest first, filtered by actor, action (a prefix) and target, and
+    paged by the last event id shown."""
+    filters = {
+        k: (request.args.get(k) or "").strip() or None for k in ("actor", "action", "target")
+    }
+    before = request.args.get("before") or None
+    error = None
+    try:
+        events = runtime().moderation.audit_log(
+            caller(), AUDIT_PAGE + 1, filters["target"], filters["actor"], filters["action"], before
+        )
+    except InvalidInput as e:
+        events, error = [], str(e)
+    more = len(events) > AUDIT_PAGE
+    events = events[:AUDIT_PAGE]
+    return render_template(
+        "admin/audit.html",
+        events=[(e, _audit_link(e.target)) for e in events],
+        filters={k: v or "" for k, v in filters.items()},
+        link_args={k: v for k, v in filters.items() if v},
+        next_before=events[-1].id if more and events else None,
+        paged=before is not None,
+        error=error,
+    )
+
+
+# -- accounts --------------------------------------------------------------------------
+
+
+@bp.route("/accounts", methods=["GET", "POST"])
+@login_required
+@needs(Scope.ADMIN)
+def accounts() -> ResponseReturnValue:
+    access = runtime().access
+    if request.method == "POST":
+        username = request.form.get("username", "").strip()
+        try:
+            role = Role(request.form.get("role", ""))
+            if request.form.get("action") == "create":
+                access.create_account(caller(), username, request.form.get("password", ""), role)
+                flash(f"Created {role} account {username!r}.")
+            else:
+                access.set_role(caller(), username, role)
+                flash(f"{username!r} is now a {role}.")
+        except ValueError:
+            flash("Choose a role: viewer, moderator or admin.")
+        except SightlineError as e:
+            flash(f"Not changed: {e}")
+        return redirect(url_for("admin.accounts"))
+    return render_template(
+        "admin/accounts.html", accounts=access.accounts_list(caller()), roles=list(Role)
+    )
+
+
+@bp.route("/accounts/<username>/delete", methods=["GET", "POST"])
+@login_required
+@needs(Scope.ADMIN)
+def account_delete(username: str) -> ResponseReturnValue:
+    access = runtime().access
+    if username not in access.usernames(caller()):
+        raise NotFound(f"no account {username!r}")
+    if not _confirmed():
+        return _confirm(
+            f"Delete the account {username!r}?",
+            "They are signed out at once and can no longer log in. The audit log keeps what "
+            "they did.",
+            url_for("admin.account_delete", username=username),
+            "Delete the account",
+            url_for("admin.accounts"),
+        )
+    try:
+        access.delete_account(caller(), username)
+        flash(f"Deleted the account {username!r}.")
+    except SightlineError as e:
+        flash(f"Not deleted: {e}")
+    return redirect(url_for("admin.accounts"))
+
+
+@bp.route("/account", methods=["GET", "POST"])
+@login_required
+def account() -> ResponseReturnValue:
+    """Every user changes their own password here; other sessions of theirs end."""
+    error = None
+    if request.method == "POST":
+        new = request.form.get("new", "")
+        if new != request.form.get("repeat", ""):
+            error = "The two new passwords differ."
+        else:
+            name = user() or ""
+            try:
+                nonce = runtime().access.change_password(
+                    caller(), name, request.form.get("current", ""), new
+                )
+            except SightlineError as e:
+                error = str(e)
+            else:
+                session["nonce"] = nonce
+                flash("Password changed; your other sessions were signed out.")
+                return redirect(url_for("admin.account"))
+    role = next((a.role for a in runtime().access.accounts.all() if a.username == user()), None)
+    return render_template("admin/account.html", error=error, role=role), 422 if error else 200
 
 
 # -- status ----------------------------------------------------------------------------
@@ -459,6 +732,7 @@ def flag_remove(entry_id: str) -> ResponseReturnValue:
 
 @bp.get("/status")
 @login_required
+@needs(Scope.ADMIN)
 def status() -> ResponseReturnValue:
     rt = runtime()
     encoder = rt.encoder
@@ -470,6 +744,7 @@ def status() -> ResponseReturnValue:
         queues, workers = {}, [f"unknown ({e})"]
     jobs = rt.jobs.recent(caller(), 20)
     failures = [(j, i) for j in jobs for i in rt.jobs.failed_items(caller(), j.id)][:20]
+    history = current_app.extensions[HISTORY]
     return render_template(
         "admin/status.html",
         identity=encoder.identity,
@@ -481,4 +756,5 @@ def status() -> ResponseReturnValue:
         jobs=jobs,
         failures=failures,
         pending=rt.moderation.pending(caller()),
+        charts=[chart(series) for series in history.series()],
     )

@@ -52,7 +52,11 @@ def _filters(where: Sequence[str]) -> PayloadFilter:
 
 
 def _hits(
-    hits: Sequence[SearchHit], k: int = 0, offset: int = 0, fields: str | None = None
+    hits: Sequence[SearchHit],
+    k: int = 0,
+    offset: int = 0,
+    fields: str | None = None,
+    flt: PayloadFilter | None = None,
 ) -> s.Hits:
     """Ranked results; ``fields`` (comma-separated) picks payload fields, and a full page
     says where the next one starts."""
@@ -71,6 +75,7 @@ def _hits(
             for n, h in enumerate(hits, 1)
         ],
         next_offset=offset + k if more else None,
+        warnings=runtime().search.unknown_fields(caller(), flt) if flt is not None else [],
     )
 
 
@@ -230,7 +235,7 @@ def image_delete(image_id: str) -> s.JobRef:
 def search_text(query: s.SearchQuery) -> s.Hits:
     flt = _filters(query.where)
     hits = runtime().search.text(caller(), query.q, query.k, flt, query.one_per, query.offset)
-    return _hits(hits, query.k, query.offset, query.fields)
+    return _hits(hits, query.k, query.offset, query.fields, flt)
 
 
 @bp.post("/search/image")
@@ -254,7 +259,7 @@ def search_image(query: s.SimilarQuery) -> s.Hits:
     hits = runtime().search.by_image(
         caller(), upload.read(), query.k, flt, query.one_per, query.offset
     )
-    return _hits(hits, query.k, query.offset, query.fields)
+    return _hits(hits, query.k, query.offset, query.fields, flt)
 
 
 @bp.get("/images/<image_id>/similar")
@@ -271,7 +276,7 @@ def search_image(query: s.SimilarQuery) -> s.Hits:
 def similar(image_id: str, query: s.SimilarQuery) -> s.Hits:
     flt = _filters(query.where)
     hits = runtime().search.similar(caller(), image_id, query.k, flt, query.one_per, query.offset)
-    return _hits(hits, query.k, query.offset, query.fields)
+    return _hits(hits, query.k, query.offset, query.fields, flt)
 
 
 @bp.post("/recommend")
@@ -289,7 +294,7 @@ def recommend(body: s.RecommendBody) -> s.Hits:
     hits = runtime().search.recommend(
         caller(), body.positive, body.negative, body.k, flt, body.one_per
     )
-    return _hits(hits)
+    return _hits(hits, flt=flt)
 
 
 def _tag_response(result: TagResult) -> s.TagResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
@@ -12,15 +13,17 @@ from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from services.auth.principal import system
 from services.errors import ConfigError
+from services.history import Sample, StatusHistory
 from services.jobs.kinds import QUEUES
 from services.runtime import Runtime, build_runtime
 from services.settings import Settings, load_settings
 from services.storage.secret import session_secret
-from web import admin, api, health, moderation_api
+from web import admin, api, docs, health, moderation_api
 from web.endpoint import verified_key
 from web.errors import register_error_handlers
-from web.extension import METRICS, RUNTIME
+from web.extension import HISTORY, METRICS, RUNTIME
 from web.metrics import Metrics
 from workers.dispatch import dispatcher_for
 
@@ -42,6 +45,22 @@ def _rate_key() -> str:
     if user := session.get("user"):
         return f"user:{user}"
     return "addr:" + get_remote_address()
+
+
+def _status_reader(runtime: Runtime) -> Callable[[], Sample]:
+    """What the status charts sample: shared state, so every process draws the same."""
+    who = system("status")
+
+    def read() -> Sample:
+        try:
+            queued: int | None = sum(runtime.dispatcher.queue_depths().values())
+        except Exception:  # no broker answering: the chart shows a gap
+            queued = None
+        failed = sum(j.counts.get("failed", 0) for j in runtime.jobs.recent(who, 100))
+        indexed = runtime.index.count(runtime.collections.images)
+        return Sample(time.time(), indexed, queued, failed)
+
+    return read
 
 
 def _security_headers(response: Response) -> Response:
@@ -126,15 +145,20 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     app.extensions[RUNTIME] = runtime
     app.extensions[METRICS] = metrics
+    history = StatusHistory(_status_reader(runtime), settings.web.status_sample_s or 30.0)
+    app.extensions[HISTORY] = history
+    if settings.web.status_sample_s > 0:
+        history.start()
     register_error_handlers(app)
     app.after_request(_security_headers)
     app.register_blueprint(api.bp)
     app.register_blueprint(moderation_api.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(docs.bp)
     # Forms and dashboard scripts carry a CSRF token; the API authenticates every request
     # with a key header instead of a cookie, so it is exempt.
     csrf = CSRFProtect(app)
-    for blueprint in (api.bp, moderation_api.bp, health.bp):
+    for blueprint in (api.bp, moderation_api.bp, health.bp, docs.bp):
         csrf.exempt(blueprint)
     # Password guessing: login posts get their own, much smaller budget per client.
     login_budget = limiter.limit("20/minute", methods=["POST"], key_func=get_remote_address)

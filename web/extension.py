@@ -12,6 +12,7 @@ from web.metrics import Metrics
 
 RUNTIME = "sightline"
 METRICS = "sightline.metrics"
+HISTORY = "sightline.history"
 
 
 def runtime() -> Runtime:

@@ -24,7 +24,7 @@ def _entry(entry: FlaggedEntry) -> s.FlaggedEntryOut:
 @endpoint(
     Operation(
         "Add a flagged entry from an image (upload, stored id, URL) or a text concept",
-        Scope.ADMIN,
+        Scope.MODERATE,
         s.FlagCreated,
         201,
         body=s.FlagBody,
@@ -74,7 +74,7 @@ def flag_add(body: s.FlagBody | None) -> s.FlagCreated:
 
 
 @bp.get("/flagged")
-@endpoint(Operation("The flagged set", Scope.ADMIN, s.FlaggedList, errors=(401, 403)))
+@endpoint(Operation("The flagged set", Scope.MODERATE, s.FlaggedList, errors=(401, 403)))
 def flag_list() -> s.FlaggedList:
     return s.FlaggedList(entries=[_entry(e) for e in runtime().moderation.entries(caller())])
 
@@ -83,7 +83,7 @@ def flag_list() -> s.FlaggedList:
 @endpoint(
     Operation(
         "Change an entry's category, threshold or note",
-        Scope.ADMIN,
+        Scope.MODERATE,
         s.FlaggedEntryOut,
         body=s.FlagPatch,
         errors=(401, 403, 404, 422),
@@ -96,7 +96,7 @@ def flag_edit(entry_id: str, body: s.FlagPatch) -> s.FlaggedEntryOut:
 
 @bp.delete("/flagged/<entry_id>")
 @endpoint(
-    Operation("Remove a flagged entry", Scope.ADMIN, s.FlaggedEntryOut, errors=(401, 403, 404))
+    Operation("Remove a flagged entry", Scope.MODERATE, s.FlaggedEntryOut, errors=(401, 403, 404))
 )
 def flag_remove(entry_id: str) -> s.FlaggedEntryOut:
     return _entry(runtime().moderation.remove(caller(), entry_id))
@@ -106,7 +106,7 @@ def flag_remove(entry_id: str) -> s.FlaggedEntryOut:
 @endpoint(
     Operation(
         "Re-check the whole catalog against the whole flagged set (a job)",
-        Scope.ADMIN,
+        Scope.MODERATE,
         s.JobRef,
         202,
         errors=(401, 403),
@@ -144,7 +144,7 @@ def moderate(body: s.ModerateBody | None) -> s.VerdictOut:
 @endpoint(
     Operation(
         "Quarantined images with their matches",
-        Scope.ADMIN,
+        Scope.MODERATE,
         s.ReviewQueue,
         query=s.QueueQuery,
         errors=(401, 403, 422),
@@ -171,7 +171,7 @@ def review_queue(query: s.QueueQuery) -> s.ReviewQueue:
 @endpoint(
     Operation(
         "Approve or reject quarantined images (bulk); every decision is audited",
-        Scope.ADMIN,
+        Scope.MODERATE,
         s.Decisions,
         body=s.DecisionBody,
         errors=(401, 403, 422),
@@ -193,7 +193,7 @@ def review_decide(body: s.DecisionBody) -> s.Decisions:
 @endpoint(
     Operation(
         "The audit log, newest first",
-        Scope.ADMIN,
+        Scope.MODERATE,
         s.AuditLogOut,
         query=s.AuditQuery,
         errors=(401, 403),

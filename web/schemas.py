@@ -163,6 +163,10 @@ class Hits(BaseModel):
     next_offset: int | None = Field(
         default=None, description="offset of the next page, when there may be one."
     )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Filter fields no image has (a typo?): warned, not refused.",
+    )
 
 
 class Refused(BaseModel):

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.errors import InvalidAccount
+from services.auth.principal import Role
+from services.errors import Conflict, InvalidAccount, NotFound
 
 _N, _R, _P = 2**14, 8, 1
 _USERNAME = re.compile(r"[A-Za-z0-9_.@-]{2,64}")
@@ -34,10 +35,19 @@ MAX_SESSIONS = 20
 
 @dataclass(frozen=True)
 class Account:
-    """A dashboard user (admins only, for now)."""
+    """A dashboard user and their role."""
 
     username: str
     created_at: str
+    role: Role = Role.ADMIN
+
+    def as_dict(self) -> dict[str, str]:
+        return {"username": self.username, "created_at": self.created_at, "role": self.role}
+
+
+def _role(record: dict[str, Any]) -> Role:
+    """Accounts made before roles existed were all admins, and stay so."""
+    return Role(record.get("role", Role.ADMIN.value))
 
 
 def hash_password(password: str) -> str:
@@ -86,6 +96,52 @@ class AccountStore(abc.ABC):
     def usernames(self) -> list[str]:
         """Every account name."""
 
+    @abc.abstractmethod
+    def _delete(self, username: str) -> bool: ...
+
+    def get(self, username: str) -> Account | None:
+        """One account, or None."""
+        record = self._load(username)
+        return None if record is None else Account(username, record["created_at"], _role(record))
+
+    def all(self) -> list[Account]:
+        """Every account with its role, by name."""
+        return [a for a in map(self.get, self.usernames()) if a is not None]
+
+    def set_role(self, username: str, role: Role) -> Account:
+        """Change an account's role; its open sessions see the new role at once.
+
+        Raises:
+            NotFound: no such account.
+            Conflict: it would leave no admin.
+        """
+        record = self._load(username)
+        if record is None:
+            raise NotFound(f"no account {username!r}")
+        if role is not Role.ADMIN and _role(record) is Role.ADMIN:
+            self._keep_an_admin(username)
+        record["role"] = role.value
+        self._save(username, record)
+        return Account(username, record["created_at"], role)
+
+    def delete(self, username: str) -> None:
+        """Remove an account (its sessions end with it).
+
+        Raises:
+            NotFound: no such account.
+            Conflict: it is the last admin.
+        """
+        account = self.get(username)
+        if account is None:
+            raise NotFound(f"no account {username!r}")
+        if account.role is Role.ADMIN:
+            self._keep_an_admin(username)
+        self._delete(username)
+
+    def _keep_an_admin(self, leaving: str) -> None:
+        if not any(a.role is Role.ADMIN for a in self.all() if a.username != leaving):
+            raise Conflict(f"{leaving!r} is the last admin; make another admin first")
+
     def export(self) -> dict[str, dict[str, Any]]:
         """Every account's record (password hash, no sessions), for a backup."""
         out = {}
@@ -101,8 +157,9 @@ class AccountStore(abc.ABC):
             self._save(username, {k: v for k, v in record.items() if k != "sessions"})
         return len(records)
 
-    def create(self, username: str, password: str) -> Account:
-        """Create or reset an account (a reset ends its sessions).
+    def create(self, username: str, password: str, role: Role | None = None) -> Account:
+        """Create or reset an account (a reset ends its sessions; its role stays unless
+        one is given). New accounts are admins unless a role is given.
 
         Raises:
             InvalidAccount: a bad username or a short password.
@@ -110,9 +167,15 @@ class AccountStore(abc.ABC):
         if not _USERNAME.fullmatch(username):
             raise InvalidAccount("usernames are 2-64 letters, digits, or . _ @ -")
         _check_password(password)
+        existing = self._load(username)
+        demoted = role is not None and role is not Role.ADMIN
+        if existing is not None and demoted and _role(existing) is Role.ADMIN:
+            self._keep_an_admin(username)
+        role = role or (_role(existing) if existing is not None else Role.ADMIN)
         created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        self._save(username, {"hash": hash_password(password), "created_at": created})
-        return Account(username, created)
+        record = {"hash": hash_password(password), "created_at": created, "role": role.value}
+        self._save(username, record)
+        return Account(username, created, role)
 
     def authenticate(self, username: str, password: str) -> Account | None:
         """The account if the password is right, else None: one scrypt either way, so
@@ -122,7 +185,7 @@ class AccountStore(abc.ABC):
             verify_password(password, self._dummy_hash)
             return None
         ok = verify_password(password, record["hash"])
-        return Account(username, record["created_at"]) if ok else None
+        return Account(username, record["created_at"], _role(record)) if ok else None
 
     @functools.cached_property
     def _dummy_hash(self) -> str:
@@ -139,12 +202,14 @@ class AccountStore(abc.ABC):
         self._save(username, record)
         return nonce
 
-    def session_open(self, username: str, nonce: str) -> bool:
-        """Whether this session is still open."""
+    def session_role(self, username: str, nonce: str) -> Role | None:
+        """The account's role while this session is open, else None."""
         record = self._load(username)
-        return record is not None and any(
+        if record is None or not any(
             hmac.compare_digest(nonce, n) for n in record.get("sessions", [])
-        )
+        ):
+            return None
+        return _role(record)
 
     def close_session(self, username: str, nonce: str) -> None:
         """End one session (logout)."""
@@ -205,6 +270,13 @@ class SqliteAccountStore(AccountStore):
         with self._lock:
             return [r[0] for r in self._db.execute("SELECT username FROM accounts ORDER BY 1")]
 
+    def _delete(self, username: str) -> bool:
+        with self._lock:
+            return (
+                self._db.execute("DELETE FROM accounts WHERE username = ?", (username,)).rowcount
+                > 0
+            )
+
 
 class RedisAccountStore(AccountStore):
     """Accounts in a Redis hash shared by every web process."""
@@ -222,3 +294,6 @@ class RedisAccountStore(AccountStore):
 
     def usernames(self) -> list[str]:
         return sorted(k.decode() if isinstance(k, bytes) else k for k in self.r.hkeys(self.key))
+
+    def _delete(self, username: str) -> bool:
+        return bool(self.r.hdel(self.key, username))

@@ -14,11 +14,37 @@ from services.errors import Forbidden
 
 
 class Scope(StrEnum):
-    """What a caller may do; admin implies the others."""
+    """What a caller may do; admin implies the others.
+
+    ``moderate`` is the trust-and-safety team's: the flagged set, the review queue and the
+    audit log, and sight of quarantined images, without the catalog's administration
+    (taxonomy, keys, accounts, jobs).
+    """
 
     SEARCH = "search"
     INGEST = "ingest"
+    MODERATE = "moderate"
     ADMIN = "admin"
+
+
+class Role(StrEnum):
+    """A dashboard account's role: what its person may see and change."""
+
+    VIEWER = "viewer"  # searches the catalog
+    MODERATOR = "moderator"  # and reviews quarantined images, keeps the flagged set
+    ADMIN = "admin"  # and everything else: uploads, taxonomy, jobs, keys, accounts
+
+    @property
+    def scopes(self) -> frozenset[Scope]:
+        """The scopes this role grants."""
+        return ROLE_SCOPES[self]
+
+
+ROLE_SCOPES = {
+    Role.VIEWER: frozenset({Scope.SEARCH}),
+    Role.MODERATOR: frozenset({Scope.SEARCH, Scope.MODERATE}),
+    Role.ADMIN: frozenset({Scope.ADMIN}),
+}
 
 
 @dataclass(frozen=True)
@@ -34,8 +60,13 @@ class Principal:
 
     @property
     def is_admin(self) -> bool:
-        """Admins see quarantined images and moderation internals."""
+        """Whether this caller administers the catalog."""
         return Scope.ADMIN in self.scopes
+
+    @property
+    def sees_moderation(self) -> bool:
+        """Moderators and admins see quarantined images and moderation internals."""
+        return self.allows(Scope.MODERATE)
 
     def require(self, scope: Scope) -> None:
         """Raise Forbidden unless the caller holds ``scope``.

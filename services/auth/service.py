@@ -7,13 +7,13 @@ from collections.abc import Iterable
 from services.audit import AuditLog
 from services.auth.accounts import Account, AccountStore
 from services.auth.apikeys import ApiKey, KeyStore
-from services.auth.principal import Principal, Scope
+from services.auth.principal import Principal, Role, Scope
 from services.errors import Forbidden
 
 
-def user_principal(username: str) -> Principal:
-    """A dashboard user: every account is an admin (roles are not yet modelled)."""
-    return Principal(f"user:{username}", frozenset({Scope.ADMIN}))
+def user_principal(username: str, role: Role = Role.ADMIN) -> Principal:
+    """A dashboard user, with the scopes of their role."""
+    return Principal(f"user:{username}", role.scopes)
 
 
 class AccessService:
@@ -37,9 +37,8 @@ class AccessService:
     def session(self, username: str, nonce: str) -> Principal | None:
         """The principal of an open dashboard session, else None (logged out, or its
         password changed since)."""
-        if not username or not nonce or not self.accounts.session_open(username, nonce):
-            return None
-        return user_principal(username)
+        role = self.accounts.session_role(username, nonce) if username and nonce else None
+        return None if role is None else user_principal(username, role)
 
     def logout(self, username: str, nonce: str) -> None:
         """End one dashboard session."""
@@ -74,12 +73,35 @@ class AccessService:
         caller.require(Scope.ADMIN)
         return self.keys.list()
 
-    def create_account(self, caller: Principal, username: str, password: str) -> Account:
-        """Create a dashboard account (or reset its password)."""
+    def create_account(
+        self, caller: Principal, username: str, password: str, role: Role | None = None
+    ) -> Account:
+        """Create a dashboard account (or reset its password); new ones are admins
+        unless ``role`` says otherwise."""
         caller.require(Scope.ADMIN)
-        account = self.accounts.create(username, password)
-        self.audit.record(caller.name, "account.create", f"user:{account.username}")
+        account = self.accounts.create(username, password, role)
+        self.audit.record(
+            caller.name, "account.create", f"user:{account.username}", None, {"role": account.role}
+        )
         return account
+
+    def set_role(self, caller: Principal, username: str, role: Role) -> Account:
+        """Change an account's role (never the last admin's away)."""
+        caller.require(Scope.ADMIN)
+        account = self.accounts.set_role(username, role)
+        self.audit.record(caller.name, "account.role", f"user:{username}", None, {"role": role})
+        return account
+
+    def delete_account(self, caller: Principal, username: str) -> None:
+        """Remove an account and end its sessions (never the last admin)."""
+        caller.require(Scope.ADMIN)
+        self.accounts.delete(username)
+        self.audit.record(caller.name, "account.delete", f"user:{username}")
+
+    def accounts_list(self, caller: Principal) -> list[Account]:
+        """Every account with its role."""
+        caller.require(Scope.ADMIN)
+        return self.accounts.all()
 
     def usernames(self, caller: Principal) -> list[str]:
         """Every account name."""

@@ -111,7 +111,7 @@ class ReviewService:
     ) -> list[DecisionResult]:
         """Approve (released; the entries it matched will not flag it again) or reject
         (removed from the catalog; optionally its image joins the flagged set)."""
-        caller.require(Scope.ADMIN)
+        caller.require(Scope.MODERATE)
         results = []
         for image_id in dict.fromkeys(i.strip().lower() for i in image_ids):
             try:

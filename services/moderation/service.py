@@ -22,7 +22,8 @@ from services.settings import FetchSettings
 
 
 class ModerationService:
-    """The trust-and-safety side of the catalog, for admins (checks: ingest keys too)."""
+    """The trust-and-safety side of the catalog, for moderators and admins (checks: ingest
+    keys too)."""
 
     def __init__(
         self,
@@ -46,7 +47,7 @@ class ModerationService:
 
     def entries(self, caller: Principal) -> list[FlaggedEntry]:
         """Every flagged entry, oldest first."""
-        caller.require(Scope.ADMIN)
+        caller.require(Scope.MODERATE)
         return self.flagged.entries()
 
     def image_bytes(
@@ -54,7 +55,7 @@ class ModerationService:
         caller: Principal,
         image_id: str | None,
         url: str | None,
-        scope: Scope = Scope.ADMIN,
+        scope: Scope = Scope.MODERATE,
     ) -> bytes:
         """The bytes of a stored image the caller can see, or of a URL (SSRF-guarded)."""
         caller.require(scope)
@@ -75,7 +76,7 @@ class ModerationService:
         scan: bool = True,
     ) -> tuple[FlaggedEntry, str | None]:
         """Flag an image; returns the entry and its retroactive scan job (if ``scan``)."""
-        caller.require(Scope.ADMIN)
+        caller.require(Scope.MODERATE)
         entry = self.flagged.add_image(data, category, caller.name, source, threshold, note)
         return entry, self._added(caller, entry, scan)
 
@@ -89,7 +90,7 @@ class ModerationService:
         scan: bool = True,
     ) -> tuple[FlaggedEntry, str | None]:
         """Flag a concept described in words; returns the entry and its scan job."""
-        caller.require(Scope.ADMIN)
+        caller.require(Scope.MODERATE)
         entry = self.flagged.add_text(text, category, caller.name, threshold, note)
         return entry, self._added(caller, entry, scan)
 
@@ -99,21 +100,21 @@ class ModerationService:
 
     def edit(self, caller: Principal, entry_id: str, **changes: Any) -> FlaggedEntry:
         """Change an entry's category, threshold or note."""
-        caller.require(Scope.ADMIN)
+        caller.require(Scope.MODERATE)
         entry = self.flagged.update(entry_id, **changes)
         self.audit.record(caller.name, "flag.edit", entry.id, None, changes)
         return entry
 
     def remove(self, caller: Principal, entry_id: str) -> FlaggedEntry:
         """Delete an entry; images it quarantined stay quarantined until reviewed."""
-        caller.require(Scope.ADMIN)
+        caller.require(Scope.MODERATE)
         entry = self.flagged.remove(entry_id)
         self.audit.record(caller.name, "flag.remove", entry.id, None, entry.as_dict())
         return entry
 
     def scan(self, caller: Principal, entry_ids: Sequence[str] | None = None) -> str:
         """Queue a re-check of the catalog against flagged entries (all when None)."""
-        caller.require(Scope.ADMIN)
+        caller.require(Scope.MODERATE)
         ids = list(entry_ids) if entry_ids else None
         job_id = self.jobs.start(
             "moderation_scan",
@@ -135,12 +136,12 @@ class ModerationService:
         """Check an image against the flagged set without storing it: the verdict and its
         category, plus the matched entries and scores for admins."""
         caller.require(Scope.INGEST)
-        return self.flagged.check_bytes(data).as_dict(with_matches=caller.is_admin)
+        return self.flagged.check_bytes(data).as_dict(with_matches=caller.sees_moderation)
 
     def check(self, caller: Principal, image_id: str | None, url: str | None) -> dict[str, Any]:
         """Check a stored image (one the caller can see) or a URL's image."""
         data = self.image_bytes(caller, image_id, url, Scope.INGEST)
-        return self.flagged.check_bytes(data).as_dict(with_matches=caller.is_admin)
+        return self.flagged.check_bytes(data).as_dict(with_matches=caller.sees_moderation)
 
     # -- review ---------------------------------------------------------------------------
 
@@ -148,12 +149,12 @@ class ModerationService:
         self, caller: Principal, limit: int = 50, offset: str | None = None
     ) -> tuple[list[Record], str | None]:
         """Quarantined images with their matches, a page at a time."""
-        caller.require(Scope.ADMIN)
+        caller.require(Scope.MODERATE)
         return self.review.queue(limit, offset)
 
     def pending(self, caller: Principal) -> int:
         """How many images wait for review."""
-        caller.require(Scope.ADMIN)
+        caller.require(Scope.MODERATE)
         return self.review.pending()
 
     def decide(
@@ -169,8 +170,14 @@ class ModerationService:
         return self.review.decide(image_ids, decision, caller, reason, add_to_flagged, category)
 
     def audit_log(
-        self, caller: Principal, limit: int = 100, target: str | None = None
+        self,
+        caller: Principal,
+        limit: int = 100,
+        target: str | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        before: str | None = None,
     ) -> list[AuditEvent]:
-        """The audit log, newest first (optionally about one target)."""
-        caller.require(Scope.ADMIN)
-        return self.audit.list(limit, target)
+        """The audit log, newest first, filtered and paged as ``AuditLog.list``."""
+        caller.require(Scope.MODERATE)
+        return self.audit.list(limit, target, actor, action, before)

@@ -6,6 +6,7 @@ reach (as references and as results), and payloads come back shaped for the call
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,13 +18,25 @@ from services.errors import InvalidQuery, NotFound
 from services.ids import is_image_id, point_id
 from services.images import decode_image
 from services.index.base import Hit, PayloadFilter, Record, VectorIndex
-from services.payload import can_see, shape_for, visible_filter
+from services.payload import INTERNAL_FIELDS, can_see, shape_for, visible_filter
 from services.search.query_cache import QueryVectors
 from services.settings import ImageLimits
 from services.storage.files import ImageStore
 from services.storage.thumbnails import ThumbnailStore
 
 MAX_K = 1000
+FIELDS_SAMPLE = 1000  # images whose fields count as the catalog's, for filter warnings
+FIELDS_TTL_S = 60.0
+
+
+def _field_paths(value: Any, prefix: str, out: set[str], depth: int = 0) -> None:
+    """Every dotted path a filter could name (``tags.colour``, ``attrs.size``)."""
+    if not isinstance(value, dict) or depth > 3:
+        return
+    for key, inner in value.items():
+        path = f"{prefix}{key}"
+        out.add(path)
+        _field_paths(inner, path + ".", out, depth + 1)
 
 
 @dataclass(frozen=True)
@@ -48,8 +61,11 @@ class SearchService:
         thumbnails: ThumbnailStore,
         query_cache_size: int = 1024,
         text_ef: int | None = None,
+        query_images: ThumbnailStore | None = None,
     ) -> None:
         self.text_ef = text_ef
+        self.query_images = query_images
+        self._fields_cache: tuple[float, frozenset[str]] | None = None
         self.encoder = encoder
         self.queries = QueryVectors(encoder, query_cache_size)
         self.index = index
@@ -162,6 +178,92 @@ class SearchService:
         flt = visible_filter(caller, flt).excluding([point_id(decoded.image_id)])
         hits = self.index.search(self.collection, vector, n, flt, group_by)
         return self._hits(caller, hits[offset:])
+
+    def keep_query_image(self, caller: Principal, data: bytes) -> str:
+        """Keep a search-by-image query (checked like an upload) so that later pages of
+        its results, and the page showing it, can name it by id instead of carrying the
+        bytes again. Query images are not catalog images: nothing indexes them.
+
+        Raises:
+            InvalidImage: the bytes are refused like any upload.
+        """
+        caller.require(Scope.SEARCH)
+        decode_image(data, self.limits)
+        return self._queries().store.put(data)
+
+    def by_kept_image(
+        self,
+        caller: Principal,
+        query_id: str,
+        k: int = 10,
+        flt: PayloadFilter | None = None,
+        group_by: str | None = None,
+        offset: int = 0,
+    ) -> list[SearchHit]:
+        """``by_image`` for a query image kept by ``keep_query_image``."""
+        caller.require(Scope.SEARCH)
+        return self.by_image(caller, self._kept(query_id), k, flt, group_by, offset)
+
+    def query_thumbnail(self, caller: Principal, query_id: str, size: int) -> bytes:
+        """A thumbnail of a kept query image."""
+        caller.require(Scope.SEARCH)
+        self._kept(query_id)
+        return self._queries().get(query_id, size)
+
+    def _queries(self) -> ThumbnailStore:
+        if self.query_images is None:
+            raise NotFound("this server keeps no query images")
+        return self.query_images
+
+    def _kept(self, query_id: str) -> bytes:
+        try:
+            return self._queries().store.get(query_id)
+        except NotFound as e:
+            raise NotFound("the query image is no longer kept; search with it again") from e
+
+    def unknown_fields(self, caller: Principal, flt: PayloadFilter) -> list[str]:
+        """Warnings for filter fields no image has: a typo (``colr=red``) must not pass
+        for an empty catalog. Warned, not refused: the known fields are those of a sample
+        of the catalog (refreshed every minute), and a field only a few images carry
+        may lie outside it."""
+        caller.require(Scope.SEARCH)
+        asked = {*flt.equals, *flt.any_of, *flt.ranges, *flt.not_equals}
+        if not asked:
+            return []
+        known = self._known_fields()
+        if not known:  # an empty catalog: nothing to compare with
+            return []
+        if not caller.sees_moderation:
+            known = known - INTERNAL_FIELDS
+        unknown = sorted(f for f in asked if f not in known)
+        if not unknown:
+            return []
+        names = ", ".join(sorted(known - {"image_id", "phash", "moderation", "tag_scores"})[:40])
+        return [f"no image has a field {f!r} (fields in the catalog: {names})" for f in unknown]
+
+    def _known_fields(self) -> frozenset[str]:
+        now = time.monotonic()
+        cached = self._fields_cache
+        if cached is not None and now - cached[0] < FIELDS_TTL_S:
+            return cached[1]
+        records, _ = self.index.scroll(self.collection, None, FIELDS_SAMPLE)
+        fields: set[str] = set()
+        for record in records:
+            _field_paths(record.payload, "", fields)
+        known = frozenset(fields)
+        self._fields_cache = (now, known)
+        return known
+
+    def count(
+        self, caller: Principal, flt: PayloadFilter | None = None, query_image: str | None = None
+    ) -> int:
+        """How many images the caller can see match a filter (a result page's total);
+        a search by a kept query image leaves that image out, as its results do."""
+        caller.require(Scope.SEARCH)
+        flt = visible_filter(caller, flt)
+        if query_image is not None and is_image_id(query_image):
+            flt = flt.excluding([point_id(query_image)])
+        return self.index.count(self.collection, None if flt.is_empty() else flt)
 
     def recommend(
         self,

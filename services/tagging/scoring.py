@@ -4,9 +4,14 @@ CLIP was trained with a softmax over ``logit_scale * cosine``, so a single-label
 (exactly one colour applies) is a softmax over its labels. SigLIP was trained with an
 independent sigmoid per pair, ``sigmoid(logit_scale * cosine + logit_bias)``, so each label
 gets its own probability. A multi-label dimension needs a probability per label even for
-CLIP, which has no bias: there each label competes with the dimension's centroid (a binary
-softmax of "this label" against "an average label of this dimension"),
-``sigmoid(logit_scale * (cos(x, label) - cos(x, centroid)))``.
+CLIP, which has no bias: there each label competes with an average label of its dimension
+(a binary softmax of "this label" against a competitor whose logit is the mean of the
+labels' logits), ``sigmoid(logit_scale * (cos(x, label) - mean over labels m of cos(x, m)))``.
+The competitor is the mean of the cosines, not the cosine with the normalised mean vector:
+label vectors are far from orthogonal (real CLIP text vectors: mean norm about 0.8), so
+normalising the mean inflates the competitor by ``1 / |mean|`` and pushes every label,
+the right one included, below 0.5 (a black image scored 0.09 for "black" that way).
+A label is assigned at probability 0.5 and up: it beats the dimension's average label.
 
 OCR fusion (per taxonomy, ``ocr.enabled``): when the OCR reads text in an image, the text
 is embedded with the text tower and its similarity to each label, centred within the
@@ -33,7 +38,7 @@ from services.encoder import Encoder, ModelFamily
 from services.errors import InvalidQuery, NoTaxonomy
 from services.images import decode_image
 from services.settings import ImageLimits
-from services.tagging.labels import DimensionVectors, LabelBank, LabelSet, mean_direction
+from services.tagging.labels import DimensionVectors, LabelBank, LabelSet
 
 MULTI_LABEL_THRESHOLD = 0.5
 
@@ -180,16 +185,13 @@ def score_vectors(
     scale, bias = encoder.logit_scale, encoder.logit_bias
     per_image: list[list[DimensionTags]] = [[] for _ in range(n)]
     for dim in label_set.dimensions:
-        centroid = mean_direction(dim.vectors)
         cos = vectors.astype(np.float64) @ dim.vectors.T.astype(np.float64)
-        centroid_cos = vectors.astype(np.float64) @ centroid.astype(np.float64)
         for i, tv in enumerate(text_vecs):
             if tv is None:
                 continue
             tcos = dim.vectors.astype(np.float64) @ tv.astype(np.float64)
-            offset = tcos.mean()
-            cos[i] += fusion.weight * (tcos - offset)
-            centroid_cos[i] += fusion.weight * (float(centroid @ tv) - offset)
+            cos[i] += fusion.weight * (tcos - tcos.mean())
+        centroid_cos = cos.mean(axis=1)  # the average label's logit (module docstring)
         probs = label_probabilities(cos, family, scale, bias, dim.multi_label, centroid_cos)
         spec = label_set.taxonomy.dimension(dim.name)
         for i in range(n):
@@ -305,7 +307,7 @@ class Tagger:
         dim = DimensionVectors("labels", multi_label, names, label_vectors, [None] * len(names))
         family = self.encoder.family
         cos = np.asarray(vectors, dtype=np.float64) @ label_vectors.T.astype(np.float64)
-        centroid_cos = np.asarray(vectors, dtype=np.float64) @ mean_direction(label_vectors)
+        centroid_cos = cos.mean(axis=1)
         probs = label_probabilities(
             cos,
             family,

@@ -118,6 +118,37 @@ function setUpQueue() {
   all.addEventListener("change", () => {
     document.querySelectorAll('input[name="image_ids"]').forEach((box) => { box.checked = all.checked; });
   });
+  // Keyboard review: j/k (arrows) move the highlight, x selects, a approves, r rejects
+  // (the confirmation page's button has focus, so Enter confirms). With nothing
+  // selected, the highlighted row is the one decided.
+  const rows = Array.from(document.querySelectorAll("#queue tbody tr[data-image-id]"));
+  if (!rows.length) return;
+  let current = 0;
+  const highlight = (i) => {
+    rows[current].classList.remove("current");
+    current = Math.max(0, Math.min(rows.length - 1, i));
+    rows[current].classList.add("current");
+    rows[current].focus({ preventScroll: true });
+    rows[current].scrollIntoView({ block: "nearest" });
+  };
+  highlight(0);
+  const box = (row) => row.querySelector('input[name="image_ids"]');
+  const decide = (button) => {
+    if (!rows.some((row) => box(row).checked)) box(rows[current]).checked = true;
+    document.getElementById(button).click();
+  };
+  document.addEventListener("keydown", (e) => {
+    if (e.ctrlKey || e.metaKey || e.altKey) return;
+    const tag = (e.target.tagName || "").toLowerCase();
+    if (["input", "textarea", "select"].includes(tag) && e.target.type !== "checkbox") return;
+    const keys = {
+      j: () => highlight(current + 1), ArrowDown: () => highlight(current + 1),
+      k: () => highlight(current - 1), ArrowUp: () => highlight(current - 1),
+      x: () => { const b = box(rows[current]); b.checked = !b.checked; },
+      a: () => decide("approve"), r: () => decide("reject"),
+    };
+    if (keys[e.key]) { e.preventDefault(); keys[e.key](); }
+  });
 }
 
 document.addEventListener("DOMContentLoaded", () => { setUpUpload(); setUpSearch(); setUpRetag(); setUpQueue(); });
