@@ -63,15 +63,17 @@ def test_remote_ingest_search_similar_tag_taxonomy_info(
     folder.mkdir()
     for i in range(6):
         (folder / f"p{i}.png").write_bytes(png_bytes(i, size=(64, 48)))
-    (folder / "notes.txt").write_text("not an image")
+    (folder / "notes.txt").write_text("not an image")  # skipped by name, never uploaded
+    (folder / "broken.jpg").write_bytes(b"not a jpeg at all")  # uploaded, refused by content
     (tmp_path / "meta.csv").write_text("filename,colour\np0.png,red\np1.png,blue\n")
 
     uploaded = run(
         remote_env, "ingest", str(folder), "-m", str(tmp_path / "meta.csv"), "--json", check=False
     )
     receipt = json.loads(uploaded.stdout)
-    assert receipt["accepted"] == 6 and uploaded.returncode == 1  # the .txt is refused
-    assert [r["filename"] for r in receipt["refused"]] == [str(folder / "notes.txt")]
+    assert receipt["accepted"] == 6 and uploaded.returncode == 1  # the broken .jpg is refused
+    assert [r["filename"] for r in receipt["refused"]] == [str(folder / "broken.jpg")]
+    assert "skipped 1 non-image file(s): notes.txt" in uploaded.stderr
     assert runtime.wait_idle(timeout_s=60)
     job = json.loads(run(remote_env, "job", receipt["jobs"][0], "--json").stdout)
     assert job["state"] == "done" and job["counts"]["done"] == 6, job

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -173,6 +174,28 @@ def test_decision_rule_combines_embedding_and_phash(encoder) -> None:  # type: i
     assert not flagged.check(vec, hashes=[base], snapshot=snap, approved=[[entry.id]])[
         0
     ].quarantined
+
+
+def test_the_flagged_bytes_match_exactly_and_a_threshold_of_one_survives_rounding(
+    encoder,  # type: ignore[no-untyped-def]
+) -> None:
+    """Noise has no layout or keypoints to compare, yet its very bytes are known: the
+    sha256 of a flagged original matches whatever its pixels hold, and a cosine of 1.0
+    computed in float32 (0.99999997) still reaches a threshold of 1.0."""
+    flagged = FlaggedSet(encoder, None, "flagged", ModerationSettings(), ImageLimits())  # type: ignore[arg-type]
+    entry = replace(_entry(EntryKind.IMAGE, threshold=1.0), original="ab" * 32)
+    snap = _Snapshot([entry], np.array([[1.0, 0.0]]), [np.array([], dtype=np.uint64)], 0.0)
+    far = np.array([[0.1, np.sqrt(1 - 0.1**2)]])
+    exact = flagged.check(far, snapshot=snap, digests=["ab" * 32])[0]
+    assert exact.quarantined and [m.signal for m in exact.matches] == ["exact"]
+    assert not flagged.check(far, snapshot=snap, digests=["cd" * 32])[0].quarantined
+    assert not flagged.check(far, snapshot=snap, digests=["ab" * 32], approved=[[entry.id]])[
+        0
+    ].quarantined  # a reviewer's approval clears an exact match too
+    same = np.array([[np.float32(0.99999997), 0.0]])
+    assert flagged.check(same, snapshot=snap)[0].matches[0].signal == "embedding"
+    near = np.array([[0.9999, np.sqrt(1 - 0.9999**2)]])
+    assert not flagged.check(near, snapshot=snap)[0].quarantined
 
 
 def _brute_grid(thumb: np.ndarray, box: np.ndarray) -> np.ndarray:

@@ -418,7 +418,9 @@ class MatchOut(BaseModel):
     threshold: float
     phash_distance: int | None = Field(description="Bits differing from the closest hash.")
     signal: str = Field(
-        description="Which rule matched: embedding, keypoints, layout, phash or phash+embedding."
+        description=(
+            "Which rule matched: exact, embedding, keypoints, layout, phash or phash+embedding."
+        )
     )
     layout: float | None = Field(
         default=None,

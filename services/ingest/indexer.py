@@ -125,7 +125,9 @@ class Indexer:
             else None
         )
         verdicts = (
-            self.moderator.check_images([p.decoded.image for p in new], vectors)
+            self.moderator.check_images(
+                [p.decoded.image for p in new], vectors, [p.image_id for p in new]
+            )
             if self.moderator is not None
             else None
         )

@@ -24,7 +24,8 @@ Signals decide whether an image resembles a flagged entry:
   - **pHash** of the content: Hamming distance to the entry's hashes (its content, mirror
     and crops).
 
-An image matches an entry when the cosine reaches the threshold ("embedding"); or, for an
+An image matches an entry when its bytes are a flagged original's ("exact"); when the
+cosine reaches the threshold ("embedding"); or, for an
 entry whose copies verify by keypoints (checked when it is added: ``verifiable``), when
 ``keypoint_threshold`` keypoints agree and the pixels under their transform agree on
 ``keypoint_agreement_floor``, or ``keypoint_floor`` keypoints agree and the pixels on
@@ -64,6 +65,7 @@ from PIL import Image, ImageOps
 from services.audit import AuditLog
 from services.encoder import Encoder
 from services.errors import InvalidFlag, NotFound
+from services.ids import sha256_hex
 from services.images import decode_image
 from services.index.base import PointData, Record, VectorIndex
 from services.moderation.content import PIXEL_SIDE, Content, content
@@ -107,6 +109,9 @@ VOTERS = 300  # about this many of a query's keypoints vote (a copy's win by doz
 # An entry's mirror view is matched after the entry itself falls short only when the
 # query's keypoints gave the mirror this many votes: a mirrored copy gives it dozens.
 MIN_VIEW_VOTES = 2
+# A cosine computed from float32 vectors is off by a few ulps: an image's own copy scores
+# 0.99999997 against itself, so a threshold of 1.0 means "the same vector" only with this.
+COSINE_ROUNDING = 1e-6
 
 
 class EntryKind(StrEnum):
@@ -236,7 +241,7 @@ class Match:
     score: float
     threshold: float
     phash_distance: int | None
-    signal: str  # embedding | keypoints | layout | phash | phash+embedding
+    signal: str  # exact | embedding | keypoints | layout | phash | phash+embedding
     layout: float | None = None  # aligned-layout agreement, where it was computed
     keypoints: int | None = None  # agreeing keypoints (inliers), where they were compared
     # Share of cells that agree with the image laid over by the keypoints' transform.
@@ -631,6 +636,7 @@ class FlaggedSet:
         snapshot: _Snapshot | None = None,
         approved: Sequence[Sequence[str]] | None = None,
         hashes: Sequence[int | None] | None = None,
+        digests: Sequence[str | None] | None = None,
     ) -> list[Verdict]:
         """Verdicts for images given their vectors.
 
@@ -638,7 +644,9 @@ class FlaggedSet:
         caller has its pixels (asked at most once per image, and only when the set holds
         image entries); without it, or when it returns None, only the embedding (and
         ``hashes``, when the caller kept them) can match. ``approved`` lists, per image,
-        entries a reviewer already cleared it of.
+        entries a reviewer already cleared it of. ``digests`` gives each image's sha256 where
+        the caller has it: the very bytes of a flagged original match before any other
+        signal is weighed.
         """
         snap = snapshot or self.snapshot()
         n = len(vectors)
@@ -667,8 +675,22 @@ class FlaggedSet:
             # content views an entry cannot be voted for: then candidacy will do.
             blind_votes = views is None
             matches = []
+            digest = digests[i] if digests is not None else None
             for j, entry in enumerate(snap.entries):
                 if entry.id in cleared:
+                    continue
+                if digest and entry.original == digest:
+                    matches.append(
+                        Match(
+                            entry.id,
+                            entry.category,
+                            entry.kind.value,
+                            float(cos[i, j]),
+                            thresholds[j],
+                            dists[j],
+                            "exact",
+                        )
+                    )
                     continue
                 verify = _Verifier(
                     snap,
@@ -698,7 +720,13 @@ class FlaggedSet:
                             verify.agreement,
                         )
                     )
-            matches.sort(key=lambda m: (m.signal != "embedding", -m.score))
+            matches.sort(
+                key=lambda m: (
+                    m.signal not in ("exact", "embedding"),
+                    m.signal != "exact",
+                    -m.score,
+                )
+            )
             verdicts.append(Verdict(bool(matches), matches, query_hash))
         return verdicts
 
@@ -754,7 +782,7 @@ class FlaggedSet:
         cheap signals go first; keypoints are compared only for candidates (nominated by
         votes, embedding, hash or colour), and before the layout, which is dearer."""
         p = self.policy
-        if score >= threshold:
+        if score >= threshold - COSINE_ROUNDING:
             return "embedding"
         if verify.applies and self._keypoints_match(verify):
             return "keypoints"  # nominated by votes and verified
@@ -812,9 +840,14 @@ class FlaggedSet:
             return True
         return verify.agreement is not None and verify.agreement < p.keypoint_agreement_floor
 
-    def check_images(self, images: Sequence[Image.Image], vectors: np.ndarray) -> list[Verdict]:
+    def check_images(
+        self,
+        images: Sequence[Image.Image],
+        vectors: np.ndarray,
+        digests: Sequence[str | None] | None = None,
+    ) -> list[Verdict]:
         """Verdicts for decoded images with their vectors (ingest)."""
-        return self.check(vectors, pixels_of=lambda i: Pixels.of(images[i]))
+        return self.check(vectors, pixels_of=lambda i: Pixels.of(images[i]), digests=digests)
 
     def check_bytes(self, data: bytes) -> Verdict:
         """Check an image that is not stored (``/moderate``).
@@ -826,7 +859,11 @@ class FlaggedSet:
             data, self.limits, min_side=max(self.encoder.input_size or 0, PIXEL_SIDE)
         )
         vector = self.encoder.encode_images([decoded.image])[0]
-        return self.check(vector[None, :], pixels_of=lambda _: Pixels.of(decoded.image))[0]
+        return self.check(
+            vector[None, :],
+            pixels_of=lambda _: Pixels.of(decoded.image),
+            digests=[sha256_hex(data)],
+        )[0]
 
 
 def _has_views(snap: _Snapshot, j: int) -> bool:

@@ -216,6 +216,7 @@ class ReviewService:
                 snapshot=snap,
                 approved=approved,
                 hashes=hashes,
+                digests=[str(r.payload.get("image_id") or "") or None for r in records],
             )
             for r, v in zip(records, verdicts, strict=True):
                 image_id = str(r.payload.get("image_id"))
