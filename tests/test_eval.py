@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFont
 from sentence_transformers import SentenceTransformer
 
+from services.tagging.evaluation import ClassificationReport, confusion_png
 from tests.conftest import png_bytes
 from tests.test_cli import run
 
@@ -131,3 +132,23 @@ def test_taxonomy_cli_load_show_export_and_tag(env: dict[str, str], tmp_path: Pa
     bad.write_text("dimensions: [{name: colour, labels: [red]}]\n")
     proc = run(env, "taxonomy", "load", str(bad), check=False)
     assert proc.returncode != 0 and "at least two labels" in proc.stderr
+
+
+def test_confusion_png_names_every_class_in_full_with_axis_titles(tmp_path: Path) -> None:
+    """Column names are written upright and whole: a long class name's column carries ink
+    over the full length the font gives it (the old chart cut names to four letters)."""
+    classes = ["dress", "t-shirt with long sleeves", "bag"]
+    report = ClassificationReport("c", 3, 1.0, 1.0, classes, {}, [[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    confusion_png(report, tmp_path / "c.png", cell=28)
+    pixels = np.asarray(Image.open(tmp_path / "c.png").convert("RGB")).astype(int)
+    ink = pixels.max(axis=-1) < 128  # black text
+    # The diagonal cells are the darkest blue: they locate the grid.
+    blue = (pixels[..., 2] > 200) & (pixels[..., 0] < 100)
+    rows, cols = np.flatnonzero(blue.any(axis=1)), np.flatnonzero(blue.any(axis=0))
+    grid_top, grid_left, cell = rows.min(), cols.min(), 28
+    long_column = ink[:grid_top, grid_left + cell : grid_left + 2 * cell]
+    inked = np.flatnonzero(long_column.any(axis=1))
+    name_len = ImageFont.load_default().getlength(classes[1])
+    assert inked.max() - inked.min() >= 0.9 * name_len  # the whole name, upright
+    assert ink[:14, grid_left:].any()  # "predicted class" above the columns
+    assert ink[grid_top:, :14].any()  # "true class" beside the rows

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from services.encoder import Encoder
 from services.errors import InvalidMetadata
@@ -194,22 +194,46 @@ def retrieve(
 
 
 def confusion_png(report: ClassificationReport, path: Path, cell: int = 28) -> None:
-    """A confusion-matrix heat map: rows are true classes, columns predicted."""
+    """A confusion-matrix heat map: rows are true classes, columns predicted.
+
+    Class names are written in full (column names turned upright, so long names need no
+    truncation) and both axes carry a title, so the picture reads without the JSON."""
     classes, matrix = report.classes, np.asarray(report.confusion)
-    margin = 12 + 7 * max(len(c) for c in classes)
-    size = margin + cell * len(classes) + 10
-    image = Image.new("RGB", (size, size), "white")
+    font = ImageFont.load_default()
+    longest = max(int(font.getlength(c)) for c in classes) + 8
+    title_h = 16
+    left = title_h + longest  # "true class" title, then row names
+    top = title_h + longest  # "predicted class" title, then upright column names
+    width = left + cell * len(classes) + 10
+    height = top + cell * len(classes) + 10
+    image = Image.new("RGB", (max(width, left + 120), height), "white")
     draw = ImageDraw.Draw(image)
     peak = max(1, int(matrix.max()))
     for i, row in enumerate(matrix):
-        draw.text((4, margin + i * cell + cell // 3), classes[i], fill="black")
+        draw.text((title_h + 2, top + i * cell + cell // 3), classes[i], fill="black", font=font)
         for j, value in enumerate(row):
             shade = 255 - int(200 * value / peak)
-            x, y = margin + j * cell, margin + i * cell
+            x, y = left + j * cell, top + i * cell
             draw.rectangle((x, y, x + cell - 1, y + cell - 1), fill=(shade, shade, 255))
-            draw.text((x + 4, y + cell // 3), str(value), fill="black")
+            draw.text((x + 4, y + cell // 3), str(value), fill="black", font=font)
     for j, c in enumerate(classes):
-        draw.text((margin + j * cell + 2, 4), c[:4], fill="black")
+        label = Image.new("RGB", (longest, cell), "white")
+        ImageDraw.Draw(label).text((4, cell // 3), c, fill="black", font=font)
+        image.paste(label.rotate(90, expand=True), (left + j * cell, title_h))
+    span = cell * len(classes)
+    for_columns = "predicted class"
+    draw.text(
+        (left + max(0, (span - font.getlength(for_columns)) // 2), 2),
+        for_columns,
+        fill="black",
+        font=font,
+    )
+    axis = Image.new("RGB", (max(span, 80), title_h), "white")
+    for_rows = "true class"
+    ImageDraw.Draw(axis).text(
+        (max(0, (span - font.getlength(for_rows)) // 2), 2), for_rows, fill="black", font=font
+    )
+    image.paste(axis.rotate(90, expand=True), (0, top))
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
 
