@@ -15,9 +15,12 @@ _NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?")
 
 
 def _typed(value: str) -> Any:
-    """CSV cells are text; numbers without leading zeros become numbers so ranges work."""
+    """CSV cells are text; numbers without leading zeros become numbers so ranges work, and
+    ``true``/``false`` booleans, as the filter syntax reads them."""
     if _NUMBER.fullmatch(value):
         return float(value) if "." in value else int(value)
+    if value in ("true", "false"):
+        return value == "true"
     return value
 
 

@@ -46,7 +46,8 @@ def _number(expr: str, raw: str) -> float:
 
 
 def parse_value(raw: str) -> PayloadValue:
-    """Typed value: ``"quoted"`` is a string, plain integers an int, anything else a string.
+    """Typed value: ``"quoted"`` is a string, plain integers an int, ``true``/``false`` a
+    boolean, anything else a string.
 
     Raises:
         InvalidFilter: an integer outside the 64-bit range the index stores.
@@ -58,6 +59,8 @@ def parse_value(raw: str) -> PayloadValue:
         if not INT64[0] <= value <= INT64[1]:
             raise InvalidFilter(f"{raw} is outside the 64-bit integer range of stored numbers")
         return value
+    if raw in ("true", "false"):
+        return raw == "true"
     return raw
 
 
@@ -85,7 +88,8 @@ def parse_filters(expressions: Iterable[str]) -> PayloadFilter:
     """Build a filter from expressions that must all hold.
 
     ``price=28.85`` (a decimal) matches that number exactly; plain integers compare as
-    numbers; ``sku="007"`` forces a string.
+    numbers; ``in_stock=true`` matches the boolean; ``sku="007"`` and ``flag="true"`` force
+    a string; ``a|b`` alternatives keep each one's type.
 
     Raises:
         InvalidFilter: an expression is malformed or over a limit; the message quotes it.
@@ -94,7 +98,7 @@ def parse_filters(expressions: Iterable[str]) -> PayloadFilter:
     if len(exprs) > MAX_EXPRESSIONS:
         raise InvalidFilter(f"at most {MAX_EXPRESSIONS} filters, got {len(exprs)}")
     equals: dict[str, PayloadValue] = {}
-    any_of: dict[str, list[str] | list[int]] = {}
+    any_of: dict[str, list[PayloadValue]] = {}
     not_equals: dict[str, PayloadValue] = {}
     bounds: dict[str, dict[str, float]] = {}
     for expr in exprs:
@@ -108,11 +112,7 @@ def parse_filters(expressions: Iterable[str]) -> PayloadFilter:
             parts = raw.split("|")
             if len(parts) > MAX_ALTERNATIVES:
                 raise InvalidFilter(f"filter {expr!r}: at most {MAX_ALTERNATIVES} alternatives")
-            values = [_value(expr, v.strip()) for v in parts]
-            if all(isinstance(v, int) for v in values):
-                any_of[key] = [int(v) for v in values]
-            else:
-                any_of[key] = [str(v) for v in values]
+            any_of[key] = [_value(expr, v.strip()) for v in parts]
         elif _is_decimal(raw):
             number = _number(expr, raw)
             bounds.setdefault(key, {}).update(gte=number, lte=number)

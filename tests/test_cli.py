@@ -38,7 +38,8 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i in range(10):
         (root / ("shoes" if i < 4 else ".") / f"img{i}.png").write_bytes(png_bytes(i))
     (root / "meta.csv").write_text(
-        "filename,title,price\nimg5.png,Red dress,19.5\nshoes/img1.png,Blue shoe,30\n"
+        "filename,title,price,in_stock\n"
+        "img5.png,Red dress,19.5,true\nshoes/img1.png,Blue shoe,30,false\n"
     )
     return root
 
@@ -97,6 +98,17 @@ def test_ingest_search_similar_match_brute_force(env, catalog, tiny_model_dir) -
 
     titled = json.loads(run(env, "search", "x", "--where", "price>=20", "--json").stdout)
     assert [h["payload"]["title"] for h in titled] == ["Blue shoe"]
+    # Typed values: a decimal matches the number, true/false the booleans the CSV gave.
+    exact = json.loads(run(env, "search", "x", "--where", "price=19.5", "--json").stdout)
+    assert [h["payload"]["title"] for h in exact] == ["Red dress"]
+    stocked = json.loads(run(env, "search", "x", "--where", "in_stock=true", "--json").stdout)
+    assert [(h["payload"]["title"], h["payload"]["in_stock"]) for h in stocked] == [
+        ("Red dress", True)
+    ]
+    out = json.loads(run(env, "search", "x", "--where", "in_stock=false", "--json").stdout)
+    assert [h["payload"]["title"] for h in out] == ["Blue shoe"]
+    text = json.loads(run(env, "search", "x", "--where", 'in_stock="true"', "--json").stdout)
+    assert text == []  # the string "true" is not the boolean
 
     human = run(env, "search", "a red dress", "-k", "3").stdout
     assert "score" in human and len(human.strip().splitlines()) == 4

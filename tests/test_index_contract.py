@@ -38,6 +38,9 @@ def filled(index: VectorIndex) -> tuple[VectorIndex, list[str], np.ndarray, list
             "year": 2000 + i % 7,
             "product_id": f"p{i // 5}" if i % 11 else None,
             "flag": "yes" if i % 3 == 0 else "no",
+            "in_stock": i % 4 != 1,
+            "sizes": ["s", "m"] if i % 2 else ["l"],
+            "extra": {"gift": i % 5 == 0},
         }
         for i in range(N)
     ]
@@ -117,6 +120,43 @@ def test_filters_match_brute_force(filled) -> None:  # type: ignore[no-untyped-d
     want = top_k(query, ids, vectors, 15, keep)
     _assert_same_ranking(_pairs(index.search("images", query, 15, flt)), want)
     assert index.count("images", flt) == sum(keep(i) for i in range(N))
+
+
+def test_booleans_and_mixed_alternatives_match_brute_force(filled) -> None:  # type: ignore[no-untyped-def]
+    """Booleans read back as booleans and match as booleans (never as 1, 0 or "true"),
+    nested and in any-of lists mixing types: the same on every adapter."""
+    index, ids, vectors, payloads = filled
+    records = index.retrieve("images", [ids[0], ids[1]])
+    by_id = {r.id: r.payload for r in records}
+    assert by_id[ids[0]]["in_stock"] is True and by_id[ids[1]]["in_stock"] is False
+    assert by_id[ids[0]]["extra"] == {"gift": True}
+    query = vectors[3]
+    cases = [
+        (PayloadFilter(equals={"in_stock": True}), lambda p: p["in_stock"] is True),
+        (PayloadFilter(equals={"in_stock": False}), lambda p: p["in_stock"] is False),
+        (PayloadFilter(not_equals={"in_stock": True}), lambda p: p["in_stock"] is not True),
+        (PayloadFilter(equals={"extra.gift": True}), lambda p: p["extra"]["gift"] is True),
+        (
+            PayloadFilter(any_of={"year": [2001, "x", True]}),
+            lambda p: p["year"] == 2001,
+        ),
+        (
+            PayloadFilter(any_of={"in_stock": [False]}, equals={"colour": "blue"}),
+            lambda p: p["in_stock"] is False and p["colour"] == "blue",
+        ),
+        (PayloadFilter(equals={"in_stock": 1}), lambda p: False),  # 1 is not true
+        (PayloadFilter(equals={"in_stock": "true"}), lambda p: False),  # nor is "true"
+    ]
+    for flt, keep in cases:
+        want = top_k(query, ids, vectors, 12, lambda i, keep=keep: keep(payloads[i]))
+        _assert_same_ranking(_pairs(index.search("images", query, 12, flt)), want)
+        assert index.count("images", flt) == sum(keep(p) for p in payloads), flt
+    index.set_payload("images", [ids[1]], {"in_stock": True})
+    assert index.retrieve("images", [ids[1]])[0].payload["in_stock"] is True
+    assert (
+        index.count("images", PayloadFilter(equals={"in_stock": False}))
+        == sum(p["in_stock"] is False for p in payloads) - 1
+    )
 
 
 def test_group_by_matches_brute_force(filled) -> None:  # type: ignore[no-untyped-def]

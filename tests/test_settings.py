@@ -58,12 +58,22 @@ def test_filter_expressions() -> None:
             "price<50",
             'sku="007"',
             "state!=hidden",
+            "in_stock=true",
+            'label="false"',
+            "size=8|m|false",
+            "gift!=false",
         ]
     )
-    assert f.equals == {"category": "dress", "year": 2020, "sku": "007"}
-    assert f.any_of == {"colour": ["red", "blue"]}
+    assert f.equals == {
+        "category": "dress",
+        "year": 2020,
+        "sku": "007",
+        "in_stock": True,
+        "label": "false",
+    }
+    assert f.any_of == {"colour": ["red", "blue"], "size": [8, "m", False]}
+    assert f.not_equals == {"state": "hidden", "gift": False}
     assert f.ranges == {"price": Range(gte=10.0, lt=50.0)}
-    assert f.not_equals == {"state": "hidden"}
     for bad in ["price>=cheap", "=x", "colour", "a<"]:
         with pytest.raises(InvalidFilter):
             parse_filters([bad])

@@ -18,7 +18,7 @@ from services.errors import IndexUnavailable, ModelMismatch
 
 # Filter values are strings or integers: qdrant-edge-py 0.9.0 cannot match booleans
 # (MatchValue(True) matches nothing), so the contract leaves them out for both adapters.
-PayloadValue = str | int
+PayloadValue = str | int | bool
 
 # Denser HNSW graphs than Qdrant's defaults (16/100): text queries sit off the image
 # clusters (CLIP's modality gap) and need them for recall@10 >= 0.95 at 100k points
@@ -70,7 +70,7 @@ class PayloadFilter:
     """Conditions on payload fields, all of which must hold."""
 
     equals: Mapping[str, PayloadValue] = field(default_factory=dict)
-    any_of: Mapping[str, list[str] | list[int]] = field(default_factory=dict)
+    any_of: Mapping[str, Sequence[PayloadValue]] = field(default_factory=dict)
     ranges: Mapping[str, Range] = field(default_factory=dict)
     not_equals: Mapping[str, PayloadValue] = field(default_factory=dict)
     exclude_ids: frozenset[str] = frozenset()

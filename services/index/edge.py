@@ -4,6 +4,12 @@ The default on a single machine: no server to run. A shard can be opened by one 
 a time, so multi-process deployments (separate web and worker processes) use the server
 adapter. Each collection directory holds the shard and a ``sightline.json`` with the model
 identity it was built with.
+
+Booleans: the binding (qdrant-edge-py 0.9) turns a ``MatchValue(True)`` into the integer 1,
+so a stored ``true`` can never be matched. Payload booleans are therefore kept in the
+shard as two reserved strings and turned back into booleans on every read, and boolean
+conditions match those strings: through this adapter, booleans behave exactly as on a
+Qdrant server (the contract suite checks both).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from services.encoder import ModelIdentity
-from services.errors import ConfigError, IndexUnavailable, InvalidFilter, NotFound
+from services.errors import ConfigError, IndexUnavailable, NotFound
 from services.index.base import (
     HNSW_EF_CONSTRUCT,
     HNSW_M,
@@ -43,24 +49,59 @@ _ACTIVE_FILE = "active.json"  # the switch pointer (Qdrant aliases' role on a se
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
+_TRUE, _FALSE = "\x00sightline:true", "\x00sightline:false"  # how the shard keeps booleans
+
+
+def _stored(value: Any) -> Any:
+    """A payload value as the shard keeps it: booleans as their reserved strings."""
+    if isinstance(value, bool):
+        return _TRUE if value else _FALSE
+    if isinstance(value, dict):
+        return {k: _stored(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_stored(v) for v in value]
+    return value
+
+
+def _read(value: Any) -> Any:
+    """A payload value as callers see it: the reserved strings back to booleans."""
+    if isinstance(value, str) and value in (_TRUE, _FALSE):
+        return value == _TRUE
+    if isinstance(value, dict):
+        return {k: _read(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_read(v) for v in value]
+    return value
+
+
+def _payload(raw: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: _read(v) for k, v in (raw or {}).items()}
+
+
+def _match_any(key: str, values: Sequence[Any]) -> Any:
+    """One of several values: a single ``MatchAny`` when they share a type, else any of
+    several ``MatchValue`` conditions (Qdrant's ``MatchAny`` takes one type)."""
+    stored = [_stored(v) for v in values]
+    if all(isinstance(v, str) for v in stored) or all(isinstance(v, int) for v in stored):
+        return qe.FieldCondition(key, match=qe.MatchAny(stored))
+    return qe.Filter(should=[qe.FieldCondition(key, match=qe.MatchValue(v)) for v in stored])
+
+
 def _edge_filter(flt: PayloadFilter | None) -> qe.Filter | None:
     if flt is None or flt.is_empty():
         return None
-    for key, value in [*flt.equals.items(), *flt.not_equals.items()]:
-        if isinstance(value, bool):
-            raise InvalidFilter(f"filter on {key!r}: boolean values cannot be matched; use strings")
     must: list[Any] = []
     must_not: list[Any] = []
     for key, value in flt.equals.items():
-        must.append(qe.FieldCondition(key, match=qe.MatchValue(value)))
+        must.append(qe.FieldCondition(key, match=qe.MatchValue(_stored(value))))
     for key, values in flt.any_of.items():
-        must.append(qe.FieldCondition(key, match=qe.MatchAny(values)))
+        must.append(_match_any(key, values))
     for key, r in flt.ranges.items():
         must.append(
             qe.FieldCondition(key, range=qe.RangeFloat(gte=r.gte, gt=r.gt, lte=r.lte, lt=r.lt))
         )
     for key, value in flt.not_equals.items():
-        must_not.append(qe.FieldCondition(key, match=qe.MatchValue(value)))
+        must_not.append(qe.FieldCondition(key, match=qe.MatchValue(_stored(value))))
     if flt.exclude_ids:
         must_not.append(qe.HasIdCondition({uuid.UUID(i) for i in flt.exclude_ids}))
     return qe.Filter(must=must or None, must_not=must_not or None)
@@ -75,7 +116,7 @@ def _record(r: Any, with_vectors: bool) -> Record:
     if with_vectors and r.vector is not None:
         raw = r.vector[""] if isinstance(r.vector, dict) else r.vector
         vector = np.asarray(raw, dtype=np.float32)
-    return Record(id=str(r.id), payload=dict(r.payload or {}), vector=vector)
+    return Record(id=str(r.id), payload=_payload(r.payload), vector=vector)
 
 
 class EdgeIndex(VectorIndex):
@@ -187,14 +228,17 @@ class EdgeIndex(VectorIndex):
     def upsert(self, name: str, points: Sequence[PointData]) -> None:
         if not points:
             return
-        edge_points = [qe.Point(uuid.UUID(p.id), _vec(p.vector), p.payload) for p in points]
+        edge_points = [
+            qe.Point(uuid.UUID(p.id), _vec(p.vector), _stored(dict(p.payload))) for p in points
+        ]
         self._write(name, qe.UpdateOperation.upsert_points(edge_points))
 
     def set_payload(self, name: str, ids: Sequence[str], payload: Mapping[str, Any]) -> None:
         if not ids:
             return
         self._write(
-            name, qe.UpdateOperation.set_payload([uuid.UUID(i) for i in ids], dict(payload))
+            name,
+            qe.UpdateOperation.set_payload([uuid.UUID(i) for i in ids], _stored(dict(payload))),
         )
 
     def delete(self, name: str, ids: Sequence[str]) -> None:
@@ -259,7 +303,7 @@ class EdgeIndex(VectorIndex):
         with self._lock:
             found = self._open(name).query(request)
         return [
-            Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in found
+            Hit(id=str(p.id), score=float(p.score), payload=_payload(p.payload)) for p in found
         ]
 
     def _ranked(

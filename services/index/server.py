@@ -32,6 +32,18 @@ from services.index.base import (
 ACTIVE_ALIAS = "sightline-active"
 
 
+def _match_any(key: str, values: Sequence[Any]) -> Any:
+    """One of several values: one ``MatchAny`` when they are all strings or all integers
+    (what it takes), else any of several ``MatchValue`` conditions (booleans, mixed)."""
+    if all(isinstance(v, str) for v in values) or all(
+        isinstance(v, int) and not isinstance(v, bool) for v in values
+    ):
+        return models.FieldCondition(key=key, match=models.MatchAny(any=list(values)))
+    return models.Filter(
+        should=[models.FieldCondition(key=key, match=models.MatchValue(value=v)) for v in values]
+    )
+
+
 def _server_filter(flt: PayloadFilter | None) -> models.Filter | None:
     if flt is None or flt.is_empty():
         return None
@@ -40,7 +52,7 @@ def _server_filter(flt: PayloadFilter | None) -> models.Filter | None:
     for key, value in flt.equals.items():
         must.append(models.FieldCondition(key=key, match=models.MatchValue(value=value)))
     for key, values in flt.any_of.items():
-        must.append(models.FieldCondition(key=key, match=models.MatchAny(any=values)))
+        must.append(_match_any(key, values))
     for key, r in flt.ranges.items():
         must.append(
             models.FieldCondition(
