@@ -374,6 +374,54 @@ class Encoder:
         """Embed RGB images; rows are unit-length float32 vectors."""
         return self._encode(images, Modality.IMAGE)
 
+    def preprocess_images(self, images: Sequence[Image.Image]) -> list[np.ndarray] | None:
+        """Each image's model input, made by the model's own processor (resize, crop,
+        normalise), for ``encode_preprocessed``: a pipeline prepares the next batch on
+        another thread while the model runs this one. None when the model's image input
+        is more than pixel values (then embed the images with ``encode_images``)."""
+        self.load()
+        if not images:
+            return []
+        features = self._model.preprocess(list(images))
+        pixels = features.get("pixel_values")
+        if set(features) - {"pixel_values", "modality"} or pixels is None:
+            return None
+        array = np.ascontiguousarray(pixels.numpy(), dtype=np.float32)
+        return list(array)
+
+    def encode_preprocessed(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
+        """Embed what ``preprocess_images`` made: the same vectors ``encode_images`` gives
+        for those images (the same processor, the same forward pass)."""
+        self.load()
+        if not inputs:
+            return np.zeros((0, self.identity.size), dtype=np.float32)
+        started = time.perf_counter()
+        out = []
+        for i in range(0, len(inputs), self.batch_size):
+            pixels = np.stack(inputs[i : i + self.batch_size])
+            if self._towers is not None:
+                out.append(self._towers.encode_pixels(pixels))
+            else:
+                out.append(self._torch_forward(pixels))
+        vectors = np.concatenate(out)
+        if self.observer is not None:
+            self.observer(Modality.IMAGE, len(inputs), time.perf_counter() - started)
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def _torch_forward(self, pixels: np.ndarray) -> np.ndarray:
+        """The model's forward pass on pixel values, as ``SentenceTransformer.encode`` runs
+        it after preprocessing (same module, same normalisation)."""
+        import torch
+
+        with torch.inference_mode():
+            features = {
+                "pixel_values": torch.from_numpy(pixels).to(self._model.device),
+                "modality": Modality.IMAGE.value,
+            }
+            embeddings = self._model(features)["sentence_embedding"]
+            embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=1)
+            return np.asarray(embeddings.float().cpu().numpy(), dtype=np.float32)
+
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Embed texts; rows are unit-length float32 vectors. Texts longer than the text
         tower's context are truncated to it, as the model was trained.

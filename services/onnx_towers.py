@@ -278,6 +278,10 @@ class Towers:
             out.append(self.image.run(None, {"pixel_values": pixels})[0])
         return _normalise(np.concatenate(out))
 
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Unit vectors of one batch the model's processor already made."""
+        return _normalise(self.image.run(None, {"pixel_values": pixels})[0])
+
     def encode_texts(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
         """Unit vectors, tokenised (and padded) as the torch path does."""
         assert self.text is not None

@@ -39,7 +39,14 @@ def test_onnx_fp32_equals_the_models_own_features(
     assert np.allclose(got_image, want_image, atol=1e-5)
     assert np.allclose(encoder.encode_texts(texts), want_text, atol=1e-5)
     # fp32 computes the same function: it shares torch's collections.
-    assert encoder.identity == Encoder(str(ours)).identity
+    torch_encoder = Encoder(str(ours), batch_size=2)
+    assert encoder.identity == torch_encoder.identity
+    # Preprocessed ahead (a pipeline's decode thread), then embedded: the same vectors,
+    # on both runtimes.
+    for runtime in (encoder, torch_encoder):
+        inputs = runtime.preprocess_images(images)
+        assert inputs is not None and len(inputs) == len(images)
+        assert np.allclose(runtime.encode_preprocessed(inputs), want_image, atol=1e-5)
 
 
 def test_int8_keeps_zero_shot_accuracy_and_gets_its_own_identity(tmp_path: Path) -> None:

@@ -8,10 +8,14 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from qdrant_client import QdrantClient
+from sentence_transformers import SentenceTransformer
 
 from services.errors import FetchRefused, InvalidImage, NotFound
+from services.ids import point_id
+from services.images import decode_image
 from services.index.server import ServerIndex
 from services.ingest.fetch import fetch_image
 from services.ingest.intake import IngestItem
@@ -142,6 +146,31 @@ def test_bulk_folder_job(runtime: Runtime, tmp_path: Path) -> None:
     missing = runtime.uploads.bulk_folder(ADMIN, str(tmp_path / "nope"))
     _settle(runtime)
     assert runtime.jobs.store.get(missing).state is State.FAILED
+
+
+def test_worker_batches_embed_what_the_model_gives_for_the_decoded_images(
+    runtime: Runtime, tiny_model_dir: Path
+) -> None:
+    """Batches of large JPEGs go through the decode thread (model inputs and thumbnails
+    made ahead of the model): each stored vector is what the model itself gives for the
+    image decoded at its input size, and each thumbnail is written."""
+    photos = [jpeg_bytes(300 + i, size=(640, 480)) for i in range(9)]
+    ids = [runtime.store.put(p) for p in photos]
+    job_id = runtime.uploads.ingest_stored(ADMIN, ids)
+    _settle(runtime)
+    assert runtime.jobs.store.get(job_id).counts["done"] == 9
+    side = runtime.encoder.input_size
+    images = [decode_image(p, runtime.settings.images, min_side=side).image for p in photos]
+    assert max(images[0].size) < 640  # decoded at a reduced scale, as the model needs
+    reference = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    want = np.asarray(reference.encode(images, normalize_embeddings=True))
+    records = runtime.index.retrieve(
+        runtime.collections.images, [point_id(i) for i in ids], with_vectors=True
+    )
+    got = {r.payload["image_id"]: r.vector for r in records}
+    np.testing.assert_allclose(np.stack([got[i] for i in ids]), want, atol=1e-5)
+    for image_id in ids:
+        assert runtime.thumbnails.exists(image_id)
 
 
 def test_upload_refuses_bad_items_and_stores_nothing_for_them(runtime: Runtime) -> None:

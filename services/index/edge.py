@@ -302,9 +302,7 @@ class EdgeIndex(VectorIndex):
         )
         with self._lock:
             found = self._open(name).query(request)
-        return [
-            Hit(id=str(p.id), score=float(p.score), payload=_payload(p.payload)) for p in found
-        ]
+        return [Hit(id=str(p.id), score=float(p.score), payload=_payload(p.payload)) for p in found]
 
     def _ranked(
         self,

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
+
+import numpy as np
 
 from services.audit import AuditLog
 from services.auth.principal import Principal, Scope
@@ -19,7 +21,6 @@ from services.errors import InvalidImage, InvalidMetadata
 from services.ids import point_id
 from services.index.base import PointData, VectorIndex
 from services.ingest.intake import IngestItem, Prepared, prepare
-from services.moderation.content import PIXEL_SIDE
 from services.moderation.flagged import FlaggedSet, audit_quarantines
 from services.settings import ImageLimits
 from services.storage.files import ImageStore
@@ -84,12 +85,11 @@ class Indexer:
 
     @property
     def decode_side(self) -> int | None:
-        """The shorter side images are decoded at: the model's input size, or what the
-        pixel signals of moderation need when it is on."""
-        side = self.encoder.input_size
-        if self.moderator is not None and side is not None:
-            return max(side, PIXEL_SIDE)
-        return side
+        """The shorter side images are decoded at: the model's input size, whatever else
+        is on, so that one image's vector does not depend on settings (re-embed and
+        search-by-image decode the same way). Moderation's pixel signals, which need
+        more, decode the original again, and only while image entries are flagged."""
+        return self.encoder.input_size
 
     def commit(self, prepared: Sequence[Prepared]) -> list[ItemResult]:
         """Index validated items: payload-only update for known images, embed the rest."""
@@ -117,16 +117,39 @@ class Indexer:
             results.extend(ItemResult(p.item.filename, Outcome.INDEXED, p.image_id) for p in new)
         return results
 
+    def ready(self, prepared: Sequence[Prepared]) -> list[Prepared]:
+        """The same items with their model inputs and thumbnails made: the work on an
+        image that needs neither the model nor the index, which a pipeline does on its
+        decode thread while the model embeds the previous batch (on 2 cores that is
+        most of what the worker adds to the model's own batched encode)."""
+        if not prepared:
+            return []
+        inputs = self.encoder.preprocess_images([p.decoded.image for p in prepared])
+        out = []
+        for n, p in enumerate(prepared):
+            thumbnail = (
+                self.thumbnails.render(p.decoded.image) if self.thumbnails is not None else None
+            )
+            model_input = inputs[n] if inputs is not None else None
+            out.append(replace(p, model_input=model_input, thumbnail=thumbnail))
+        return out
+
+    def _vectors(self, new: Sequence[Prepared]) -> np.ndarray:
+        inputs = [p.model_input for p in new]
+        if all(x is not None for x in inputs):
+            return self.encoder.encode_preprocessed([x for x in inputs if x is not None])
+        return self.encoder.encode_images([p.decoded.image for p in new])
+
     def _embed_new(self, new: Sequence[Prepared]) -> None:
-        vectors = self.encoder.encode_images([p.decoded.image for p in new])
+        vectors = self._vectors(new)
         tags = (
             self.tagger.tag(vectors, [p.item.data for p in new])
             if self.tagger is not None
             else None
         )
         verdicts = (
-            self.moderator.check_images(
-                [p.decoded.image for p in new], vectors, [p.image_id for p in new]
+            self.moderator.check_uploads(
+                [p.item.data for p in new], vectors, [p.image_id for p in new]
             )
             if self.moderator is not None
             else None
@@ -138,7 +161,10 @@ class Indexer:
             if verdicts is not None:
                 extra.update(verdicts[n].payload())
             if self.thumbnails is not None:
-                self.thumbnails.make(p.image_id, p.decoded.image)
+                if p.thumbnail is not None:
+                    self.thumbnails.put(p.image_id, p.thumbnail)
+                else:
+                    self.thumbnails.make(p.image_id, p.decoded.image)
             points.append(
                 PointData(
                     id=point_id(p.image_id),

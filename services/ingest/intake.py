@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from services.errors import InvalidMetadata
 from services.images import DecodedImage, decode_image
 from services.payload import SYSTEM_FIELDS
@@ -40,6 +42,10 @@ class Prepared:
     item: IngestItem
     decoded: DecodedImage
     payload: dict[str, Any]
+    # Made ahead, off the model's thread (``Indexer.ready``): the model's input for the
+    # image and its thumbnail's bytes; None when not made (then made when indexed).
+    model_input: np.ndarray | None = None
+    thumbnail: bytes | None = None
 
     @property
     def image_id(self) -> str:

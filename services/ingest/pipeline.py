@@ -208,6 +208,12 @@ class Pipeline:
                 out.append((n, ev, self._load(ev)))
             except Unavailable as e:
                 out.append((n, ev, e))
+        # Model inputs and thumbnails too, here on the decode thread, off the model's.
+        decoded = [(k, r) for k, (_, _, r) in enumerate(out) if isinstance(r, Prepared)]
+        made = self.indexer.ready([r for _, r in decoded])
+        for (k, _), ready in zip(decoded, made, strict=True):
+            n, ev, _ = out[k]
+            out[k] = (n, ev, ready)
         return out
 
     def _commit_chunk(

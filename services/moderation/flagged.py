@@ -64,7 +64,7 @@ from PIL import Image, ImageOps
 
 from services.audit import AuditLog
 from services.encoder import Encoder
-from services.errors import InvalidFlag, NotFound
+from services.errors import InvalidFlag, InvalidImage, NotFound
 from services.ids import sha256_hex
 from services.images import decode_image
 from services.index.base import PointData, Record, VectorIndex
@@ -846,8 +846,27 @@ class FlaggedSet:
         vectors: np.ndarray,
         digests: Sequence[str | None] | None = None,
     ) -> list[Verdict]:
-        """Verdicts for decoded images with their vectors (ingest)."""
+        """Verdicts for decoded images (at ``PIXEL_SIDE`` or more) with their vectors."""
         return self.check(vectors, pixels_of=lambda i: Pixels.of(images[i]), digests=digests)
+
+    def check_uploads(
+        self,
+        originals: Sequence[bytes],
+        vectors: np.ndarray,
+        digests: Sequence[str | None] | None = None,
+    ) -> list[Verdict]:
+        """Verdicts for validated uploads with their vectors (ingest). Their pixels are
+        decoded at ``PIXEL_SIDE`` only when image entries are flagged: the model needs
+        fewer, and a catalog without flagged images pays nothing."""
+
+        def pixels_of(i: int) -> Pixels | None:
+            try:
+                decoded = decode_image(originals[i], self.limits, min_side=PIXEL_SIDE)
+            except InvalidImage:
+                return None
+            return Pixels.of(decoded.image)
+
+        return self.check(vectors, pixels_of=pixels_of, digests=digests)
 
     def check_bytes(self, data: bytes) -> Verdict:
         """Check an image that is not stored (``/moderate``).

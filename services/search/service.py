@@ -173,7 +173,9 @@ class SearchService:
         """
         caller.require(Scope.SEARCH)
         n = self._check_k(k, offset)
-        decoded = decode_image(data, self.limits)
+        # Decoded as ingest decodes (at the model's input size): the same bytes give the
+        # same vector, and a 12-megapixel query is decoded at 1/8 scale.
+        decoded = decode_image(data, self.limits, min_side=self.encoder.input_size)
         vector = self.encoder.encode_images([decoded.image])[0]
         flt = visible_filter(caller, flt).excluding([point_id(decoded.image_id)])
         hits = self.index.search(self.collection, vector, n, flt, group_by)

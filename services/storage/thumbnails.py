@@ -38,15 +38,24 @@ class ThumbnailStore:
         """True when the thumbnail has been made."""
         return self.blobs.exists(self.key_for(image_id, size))
 
-    def make(self, image_id: str, image: Image.Image, size: int = DEFAULT_SIZE) -> bytes:
-        """Write the thumbnail of an already decoded image; its bytes."""
-        key = self.key_for(image_id, size)
+    @staticmethod
+    def render(image: Image.Image, size: int = DEFAULT_SIZE) -> bytes:
+        """The JPEG thumbnail of a decoded image (nothing written)."""
         thumb = image.copy()
         thumb.thumbnail((size, size), Image.Resampling.LANCZOS)
         buf = io.BytesIO()
         thumb.convert("RGB").save(buf, format="JPEG", quality=85, optimize=True)
-        self.blobs.put(key, buf.getvalue())
         return buf.getvalue()
+
+    def put(self, image_id: str, data: bytes, size: int = DEFAULT_SIZE) -> None:
+        """Write thumbnail bytes that ``render`` made."""
+        self.blobs.put(self.key_for(image_id, size), data)
+
+    def make(self, image_id: str, image: Image.Image, size: int = DEFAULT_SIZE) -> bytes:
+        """Write the thumbnail of an already decoded image; its bytes."""
+        data = self.render(image, size)
+        self.put(image_id, data, size)
+        return data
 
     def get(self, image_id: str, size: int = DEFAULT_SIZE) -> bytes:
         """Thumbnail bytes, made from the original if missing.
