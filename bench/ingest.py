@@ -8,6 +8,9 @@ ViT-B/32-architecture CLIP, the production default's compute), on the same JPEG 
 - ``naive loop``: what a one-off script does: decode, encode one image, upsert one point.
 - ``worker pipeline``: image.uploaded events -> decode -> embed in batches -> upsert
   (``Pipeline.ingest_events``, the code the Celery workers run, fed by the in-process queue).
+  It reads the JPEG bytes itself and decodes them at the smallest DCT scale that covers
+  the model's input, where the batched encode is handed full-size decoded images; its
+  decode thread runs the model's processor and the thumbnails beside the model.
 
 Each under every inference runtime asked for (``--runtimes``, ``SIGHTLINE_RUNTIME``: torch,
 onnx, onnx-int8); ratios are against torch's batched encode measured in the same run, and
