@@ -743,3 +743,42 @@ def test_audit_log_is_append_only_and_newest_first(kind: str, tmp_path: Path) ->
             log.r.close()
         if server is not None:
             server.stop()
+
+
+def test_a_flat_render_matches_by_hash_only_with_a_borderline_cosine(
+    encoder,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """A flat shape has no layout to compare and no keypoints to verify by, so its copies
+    (mirrored, cropped) are matched by their content hash together with a borderline
+    cosine ("phash+embedding"); the hash alone never quarantines such an image."""
+    original = render(Product("skirt", "green", "plain"), 70_000_003, size=320)
+    mirror = ImageOps.mirror(original)
+    data, copy = jpeg(original, 95), jpeg(mirror, 85)
+    vectors = encoder.encode_images(
+        [Image.open(io.BytesIO(d)).convert("RGB") for d in (data, copy)]
+    )
+    cosine = float(vectors[0] @ vectors[1])
+
+    assert cosine < 1.0 - 1e-5  # the embedding alone cannot reach a threshold of 1.0
+
+    def flagged_with(margin: float) -> FlaggedSet:
+        index = EdgeIndex(tmp_path / f"flagged-{margin}")
+        index.ensure_collection("flagged", encoder.identity)
+        policy = ModerationSettings(image_threshold=1.0, borderline_margin=margin)
+        found = FlaggedSet(encoder, index, "flagged", policy, ImageLimits())
+        entry = found.add_image(data, "prohibited", "test")
+        assert not entry.verifiable  # a flat shape: its copies cannot be verified by keypoints
+        return found
+
+    borderline = flagged_with(1.0 - cosine + 0.02)
+    verdict = borderline.check_bytes(copy)
+    assert verdict.quarantined, verdict.matches
+    assert [m.signal for m in verdict.matches] == ["phash+embedding"]
+    assert (verdict.matches[0].phash_distance or 0) <= 10
+    # Other flat renders: their hashes are far, nothing matches.
+    for seed in range(3):
+        other = render(Product("hat", "orange", "plain"), 71_000_000 + seed, size=320)
+        assert not borderline.check_bytes(jpeg(other, 85)).quarantined
+    # Without a borderline cosine, the hash alone does not quarantine.
+    assert not flagged_with((1.0 - cosine) / 2).check_bytes(copy).quarantined

@@ -807,6 +807,16 @@ class FlaggedSet:
         elif hashed and dist is not None and (layout.blind or (aligned or 0.0) >= p.layout_floor):
             # Without pixels (an original gone) the stored hash speaks alone.
             signal = "phash" if dist <= p.phash_strong else "phash+embedding"
+        elif (
+            hashed
+            and aligned is None
+            and not verify.applies
+            and score >= threshold - p.borderline_margin
+        ):
+            # A flat render (one colour on a plain backdrop) has no layout to compare and
+            # no keypoints to verify by: its hash with a borderline cosine is all there is,
+            # and both must agree (the hash alone collides between flat shapes).
+            signal = "phash+embedding"
         if signal is not None and verify.applies:
             verify.run()
             if self._keypoints_match(verify):
