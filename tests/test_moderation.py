@@ -31,6 +31,7 @@ from services.moderation.flagged import (
     hash_variants,
     phash,
 )
+from services.moderation.keypoints import two_nearest
 from services.moderation.layout import (
     CELLS,
     SIDE,
@@ -110,6 +111,21 @@ def test_hamming_and_hash_variants_against_bit_counts() -> None:
     assert phash(found.image) in variants
     assert phash(ImageOps.mirror(found.image)) in variants
     assert len(variants) >= 10
+
+
+def test_two_nearest_descriptors_against_bit_counts() -> None:
+    """Descriptor matching (faiss) against popcounts of the XOR, pair by pair: the same
+    two nearest distances, and indices that point at descriptors at those distances."""
+    rng = np.random.default_rng(3)
+    flagged = rng.integers(0, 256, (300, 32), dtype=np.uint8)
+    query = np.concatenate([flagged[:40] ^ (rng.random((40, 32)) < 0.02), flagged[40:41]])
+    query = np.concatenate([query.astype(np.uint8), rng.integers(0, 256, (60, 32), np.uint8)])
+    bits = np.unpackbits(query[:, None, :] ^ flagged[None, :, :], axis=-1).sum(axis=-1)
+    want = np.sort(bits, axis=1)[:, :2]
+    dist, nearest = two_nearest(query, flagged)
+    assert np.array_equal(dist, want)
+    assert np.array_equal(np.take_along_axis(bits, nearest, axis=1), want)
+    assert (nearest[:40, 0] == np.arange(40)).all() and dist[40, 0] == 0
 
 
 def test_content_trims_frames_and_captions_but_keeps_scenes() -> None:
