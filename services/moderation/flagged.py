@@ -679,19 +679,7 @@ class FlaggedSet:
             for j, entry in enumerate(snap.entries):
                 if entry.id in cleared:
                     continue
-                if digest and entry.original == digest:
-                    matches.append(
-                        Match(
-                            entry.id,
-                            entry.category,
-                            entry.kind.value,
-                            float(cos[i, j]),
-                            thresholds[j],
-                            dists[j],
-                            "exact",
-                        )
-                    )
-                    continue
+                exact = bool(digest) and entry.original == digest
                 verify = _Verifier(
                     snap,
                     j,
@@ -701,10 +689,13 @@ class FlaggedSet:
                     frames=j in likeliest
                     or (j in candidates and (blind_votes or not _has_views(snap, j))),
                 )
-                if j in voted:
-                    verify.run()  # nominated by votes: keypoints may match on their own
                 layout = _Layout(snap, j, pixels, j in candidates)
-                signal = self._signal(float(cos[i, j]), thresholds[j], dists[j], layout, verify)
+                if exact:
+                    signal: str | None = "exact"  # the flagged bytes: nothing to weigh
+                else:
+                    if j in voted:
+                        verify.run()  # nominated by votes: keypoints may match on their own
+                    signal = self._signal(float(cos[i, j]), thresholds[j], dists[j], layout, verify)
                 if signal is not None:
                     matches.append(
                         Match(
