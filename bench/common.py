@@ -7,6 +7,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -96,6 +97,24 @@ def timed(fn: Callable[[], object], repeat: int = 1) -> float:
         fn()
         runs.append(time.perf_counter() - t0)
     return statistics.median(runs)
+
+
+def gate_line(encoder: Any) -> str:
+    """The export gate's figures for an encoder's runtime (what made it usable)."""
+    report = encoder.gate
+    if report is None:
+        return f"{encoder.runtime_active.value}: no gate (torch is the reference)"
+    if report.top10_overlap is None:
+        text = f", text {report.text_cosine:.7f}" if report.text_cosine is not None else ""
+        return (
+            f"{report.runtime}: min cosine to torch over the probes, image "
+            f"{report.image_cosine:.7f}{text} (needs >= 0.999): passed {report.passed}"
+        )
+    return (
+        f"{report.runtime}: min cosine to fp32 {report.image_cosine:.4f} (needs >= 0.98), "
+        f"top-10 overlap with fp32 {report.top10_overlap:.3f} (needs >= 0.95): "
+        f"passed {report.passed}"
+    )
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:

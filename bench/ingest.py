@@ -34,7 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 from PIL import Image
 
-from bench.common import OUT, build_model, product_photos, table, timed
+from bench.common import OUT, build_model, gate_line, product_photos, table, timed
 from services.auth.principal import operator
 from services.encoder import Encoder
 from services.index.base import PointData
@@ -48,10 +48,10 @@ BATCH = 32
 
 def bench_model(
     kind: str, photos: list[bytes], repeat: int, runtimes: list[str], threads: int | None
-) -> list[list[str]]:
+) -> tuple[list[list[str]], list[str]]:
     """Rows for one model: per runtime, its batched encode and the worker pipeline on it
     (and, for torch, the naive loop); ratios against torch's batched encode and, for the
-    pipeline, against its own runtime's."""
+    pipeline, against its own runtime's; and each runtime's export-gate figures."""
     path = build_model(kind)
     decoded = [Image.open(io.BytesIO(p)).convert("RGB") for p in photos]
     warmup = product_photos(BATCH, seed=99)
@@ -130,7 +130,7 @@ def bench_model(
                     f"{rate / own:.2f}x",
                 ]
             )
-    return rows
+    return rows, [f"{kind} {gate_line(e)}" for e in encoders.values()]
 
 
 def _run_job(runtime: Runtime, ids: list[str]) -> None:
@@ -156,13 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs (median)")
     args = parser.parse_args(argv)
-    rows = []
+    rows, gates = [], []
     runtimes = args.runtimes.split(",")
     for kind in args.models.split(","):
         n = args.images or (512 if kind == "tiny" else 96)
-        rows.extend(
-            bench_model(kind, product_photos(n, seed=1), args.repeat, runtimes, args.threads)
+        found, gate = bench_model(
+            kind, product_photos(n, seed=1), args.repeat, runtimes, args.threads
         )
+        rows.extend(found)
+        gates.extend(gate)
         print(f"done: {kind}", file=sys.stderr)
     print(
         f"ingest throughput, {os.cpu_count()} CPU cores, JPEG 640x480, model batch {BATCH}, "
@@ -170,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     header = ["model", "runtime", "method", "images", "seconds", "images/s"]
     print(table(rows, [*header, "vs torch batched", "vs own batched"]))
+    print("\nexport gate (48 probe pictures, 16 texts; a runtime that fails is not used):")
+    print("\n".join(gates))
     return 0
 
 

@@ -44,7 +44,7 @@ import httpx
 import numpy as np
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from bench.common import OUT, build_model, percentile, table
+from bench.common import OUT, build_model, gate_line, percentile, table
 from services.auth.apikeys import SqliteKeyStore
 from services.auth.principal import Scope, operator
 from services.encoder import Encoder, ModelIdentity
@@ -139,6 +139,7 @@ def bench_text_encode(model_dir: str, runtimes: list[str], queries: int) -> list
             f"{percentile(lat[name], 50) * 1e3:.2f}",
             f"{percentile(lat[name], 99) * 1e3:.2f}",
             f"{percentile(lat[name], 50) / base:.2f}x",
+            gate_line(encoders[name]),
         ]
         for name in encoders
     ]
@@ -337,7 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     encode_rows = bench_text_encode(model_dir, args.runtimes.split(","), args.queries)
     print(f"text query encode, {os.cpu_count()} CPU cores, model {args.model}, one query a call")
     print(
-        table(encode_rows, ["runtime", "p50 ms", "p99 ms", "p50 vs " + args.runtimes.split(",")[0]])
+        table(
+            encode_rows,
+            ["runtime", "p50 ms", "p99 ms", "p50 vs " + args.runtimes.split(",")[0], "export gate"],
+        )
     )
     if not args.sizes:
         return 0

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from services.errors import InvalidQuery, ModelUnavailable
-from services.onnx_towers import GateFailed, InferenceRuntime, Towers
+from services.onnx_towers import GateFailed, GateReport, InferenceRuntime, Towers
 from services.onnx_towers import prepare as prepare_towers
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,7 @@ class Encoder:
         # What actually runs (a runtime that fails its gate falls back), and why.
         self.runtime_active = InferenceRuntime.TORCH
         self.runtime_note = ""
+        self.gate: GateReport | None = None  # what the export gate measured, when one ran
         self.text_model_name = text_model
         self.trust_remote_code = trust_remote_code
         self._text_model: Any = None
@@ -243,7 +244,7 @@ class Encoder:
         notes = []
         for runtime in (self.runtime, InferenceRuntime.ONNX):
             try:
-                self._towers, _ = prepare_towers(
+                self._towers, self.gate = prepare_towers(
                     self._model,
                     model_id,
                     runtime,
