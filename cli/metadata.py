@@ -19,8 +19,8 @@ def _typed(value: str) -> Any:
     ``true``/``false`` booleans, as the filter syntax reads them."""
     if _NUMBER.fullmatch(value):
         return float(value) if "." in value else int(value)
-    if value in ("true", "false"):
-        return value == "true"
+    if value.lower() in ("true", "false"):  # spreadsheets write TRUE and FALSE
+        return value.lower() == "true"
     return value
 
 

@@ -46,8 +46,8 @@ def _number(expr: str, raw: str) -> float:
 
 
 def parse_value(raw: str) -> PayloadValue:
-    """Typed value: ``"quoted"`` is a string, plain integers an int, ``true``/``false`` a
-    boolean, anything else a string.
+    """Typed value: ``"quoted"`` is a string, plain integers an int, ``true``/``false`` (any
+    case) a boolean, anything else a string.
 
     Raises:
         InvalidFilter: an integer outside the 64-bit range the index stores.
@@ -59,8 +59,8 @@ def parse_value(raw: str) -> PayloadValue:
         if not INT64[0] <= value <= INT64[1]:
             raise InvalidFilter(f"{raw} is outside the 64-bit integer range of stored numbers")
         return value
-    if raw in ("true", "false"):
-        return raw == "true"
+    if raw.lower() in ("true", "false"):  # spreadsheets write TRUE, Python True
+        return raw.lower() == "true"
     return raw
 
 

@@ -332,15 +332,22 @@ def test_review_with_the_keyboard(browser: WebDriver, server: tuple[str, Flask])
         ec.text_to_be_present_in_element((By.CLASS_NAME, "flash"), "Approved 1 of 1")
     )
     assert runtime.search.record(ADMIN, str(second)).payload["moderation_status"] == "approved"
+    # The queue comes back with the highlight where it was, not on the first row.
+    rows = driver.find_elements(By.CSS_SELECTOR, "#queue tbody tr[data-image-id]")
+    where = min(1, len(rows) - 1)
+    assert "current" in (rows[where].get_attribute("class") or "")
+    rejected = rows[where].get_attribute("data-image-id")
     driver.find_element(By.TAG_NAME, "body").send_keys("r")
-    confirm = wait(driver).until(ec.presence_of_element_located((By.ID, "confirm")))
+    reason = wait(driver).until(ec.presence_of_element_located((By.ID, "confirm-reason")))
     shot(driver, "20-confirm-reject")
-    assert driver.switch_to.active_element == confirm  # Enter confirms
-    confirm.send_keys(Keys.ENTER)
+    assert driver.switch_to.active_element == reason  # type why, then Enter confirms
+    reason.send_keys("counterfeit logo", Keys.ENTER)
     wait(driver).until(
         ec.text_to_be_present_in_element((By.CLASS_NAME, "flash"), "Rejected 1 of 1")
     )
     assert runtime.moderation.pending(ADMIN) == waiting - 2
+    [event] = runtime.audit.list(5, target=str(rejected), action="image.reject")
+    assert event.reason == "counterfeit logo"
     if waiting == 2:
         assert "Nothing to review" in driver.find_element(By.ID, "queue").text
     shot(driver, "21-review-queue-empty")
@@ -399,3 +406,36 @@ def test_roles_accounts_status_and_api_docs(browser: WebDriver, server: tuple[st
         ec.text_to_be_present_in_element((By.CLASS_NAME, "flash"), "Password changed")
     )
     shot(driver, "29-password-changed")
+
+
+def test_pages_fit_a_phone_screen(browser: WebDriver, server: tuple[str, Flask]) -> None:
+    """At 400 px wide no page is wider than the screen (tables scroll inside it), and the
+    image page stacks its columns: headings do not overlap, values are not one letter a
+    line."""
+    base, app = server
+    runtime = app.extensions["sightline"]
+    driver = browser
+    log_in(driver, base)
+    driver.set_window_size(400, 900)
+    image_id = runtime.search.text(ADMIN, "dress", k=1)[0].image_id
+    pages = {
+        "30-phone-image": f"/admin/images/{image_id}",
+        "31-phone-search": "/admin/search?q=dress",
+        "32-phone-review": "/admin/moderation",
+        "33-phone-audit": "/admin/moderation/audit",
+        "34-phone-status": "/admin/status",
+        "35-phone-accounts": "/admin/accounts",
+    }
+    for name, path in pages.items():
+        driver.get(base + path)
+        width = driver.execute_script("return document.documentElement.scrollWidth")
+        inner = driver.execute_script("return window.innerWidth")
+        shot(driver, name)
+        assert width <= inner + 1, (path, width, inner)
+    driver.get(f"{base}/admin/images/{image_id}")
+    meta = driver.find_element(By.ID, "meta-h").rect
+    tags = driver.find_element(By.ID, "tags-h").rect
+    assert tags["y"] >= meta["y"] + meta["height"]  # stacked, not side by side
+    value = driver.find_element(By.CSS_SELECTOR, ".meta dd").rect
+    assert value["width"] > 60  # a value reads along a line
+    driver.set_window_size(1400, 1100)

@@ -213,10 +213,21 @@ def test_destructive_actions_ask_first_without_javascript(app: Flask) -> None:
     form = {"image_ids": bad, "action": "reject", "reason": "fake", "csrf_token": token}
     r = client.post("/admin/moderation/decide", data=form)
     page = r.get_data(as_text=True)
-    assert r.status_code == 200 and "Reject 1 image(s)" in page and "reason: fake" in page
+    # The confirmation asks why (prefilled with what the queue page said), editable there.
+    assert r.status_code == 200 and "Reject 1 image(s)" in page
+    assert 'id="confirm-reason" name="reason" value="fake"' in page
     assert rt.moderation.pending(ADMIN) == 1
+    form["reason"] = "a counterfeit, on second look"
     r = client.post("/admin/moderation/decide", data={**form, "confirmed": "1"})
     assert r.status_code == 302 and rt.moderation.pending(ADMIN) == 0
+    [event] = rt.audit.list(5, target=bad, action="image.reject")
+    assert event.reason == "a counterfeit, on second look"
+    # The audit log links the rejected image; its page says what became of it.
+    gone = client.get(f"/admin/images/{bad}")
+    text = gone.get_data(as_text=True)
+    assert gone.status_code == 410 and "no longer in the catalog" in text
+    assert "image.reject" in text and "a counterfeit, on second look" in text
+    assert client.get(f"/admin/images/{'e' * 64}").status_code == 404  # never seen: 404
     client.post(f"/admin/images/{image_id}/delete", data={"csrf_token": token, "confirmed": "1"})
     settle(app)
     assert rt.index.count(rt.collections.images) == 1  # only the other one is left
@@ -234,7 +245,7 @@ def test_search_by_image_keeps_its_query_across_pages(app: Flask) -> None:
     assert r.status_code == 303 and "image=" in r.location
     page1 = client.get(r.location).get_data(as_text=True)
     assert "Images like the uploaded one" in page1 and 'id="query-image"' in page1
-    assert "29</strong> images match" in page1  # the query image itself is left out
+    assert "29</strong> images ranked by similarity" in page1  # the query image is left out
     next_link = re.search(r'href="([^"]+)" rel="next"', page1)
     assert next_link
     page2 = client.get(next_link.group(1).replace("&amp;", "&")).get_data(as_text=True)
@@ -260,9 +271,9 @@ def test_filters_warn_about_unknown_fields_and_accept_any_of(app: Flask) -> None
     rt.ingestor.ingest(ADMIN, items)
     client = sign_in(app, "ops")
     page = client.get("/admin/search?where=colr%3Dred").get_data(as_text=True)
-    assert "no image has a field &#39;colr&#39;" in page and "colour" in page
+    assert "no image has a field &#39;colr&#39;; did you mean &#39;colour&#39;?" in page
     page = client.get("/admin/search?where=price%3D28.85").get_data(as_text=True)
-    assert "f0.png" in page and "f1.png" not in page and "1</strong> image match" in page
+    assert "f0.png" in page and "f1.png" not in page and "1</strong> image · showing" in page
     page = client.get("/admin/search?where=colour%3Dred%7Cgreen").get_data(as_text=True)
     assert "f0.png" in page and "f2.png" in page and "f1.png" not in page
 
@@ -352,3 +363,24 @@ def test_api_docs_are_served_locally(app: Flask) -> None:
     script.close()
     assert "/api/v1/openapi.json" in html or "data-spec" in html
     assert "validatorUrl: null" in init
+
+
+def test_a_quarantined_image_page_decides_and_times_read_alike(app: Flask) -> None:
+    """A moderator who opens a quarantined image from search decides there; stored times
+    read one way on every page."""
+    rt = runtime_of(app)
+    client = sign_in(app, "ops")
+    token = csrf(client, "/admin/search")
+    bad = _quarantine(app, 61)
+    page = client.get(f"/admin/images/{bad}").get_data(as_text=True)
+    assert 'id="approve"' in page and 'id="reject"' in page
+    ingested = str(rt.search.record(ADMIN, bad).payload["ingested_at"])
+    assert ingested[:19].replace("T", " ") in page and ingested not in page
+    form = {"image_ids": bad, "action": "approve", "csrf_token": token, "back": "/admin/moderation"}
+    r = client.post("/admin/moderation/decide", data=form)
+    assert r.status_code == 302 and rt.moderation.pending(ADMIN) == 0
+    page = client.get(f"/admin/images/{bad}").get_data(as_text=True)
+    assert 'id="approve"' not in page and "approved" in page
+    entries = client.get("/admin/moderation/flagged").get_data(as_text=True)
+    added = rt.moderation.entries(ADMIN)[0].added_at
+    assert added[:19].replace("T", " ") in entries and added not in entries

@@ -61,7 +61,8 @@ def test_filter_expressions() -> None:
             "in_stock=true",
             'label="false"',
             "size=8|m|false",
-            "gift!=false",
+            "gift!=FALSE",
+            "sale=True",
         ]
     )
     assert f.equals == {
@@ -70,6 +71,7 @@ def test_filter_expressions() -> None:
         "sku": "007",
         "in_stock": True,
         "label": "false",
+        "sale": True,
     }
     assert f.any_of == {"colour": ["red", "blue"], "size": [8, "m", False]}
     assert f.not_equals == {"state": "hidden", "gift": False}

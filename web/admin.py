@@ -155,6 +155,14 @@ def _safe_next(target: str | None) -> str:
     return url_for("admin.search")
 
 
+@bp.app_template_filter("when")
+def _when(value: object) -> str:
+    """One way to show a stored time everywhere: ``2026-12-06 06:58:11`` (UTC), from the
+    ISO strings the stores keep."""
+    text = str(value or "")
+    return text[:19].replace("T", " ") if len(text) >= 19 and text[10] == "T" else text
+
+
 @bp.app_context_processor
 def _globals() -> dict[str, Any]:
     try:
@@ -339,7 +347,15 @@ def search() -> ResponseReturnValue:
 @login_required
 def image(image_id: str) -> ResponseReturnValue:
     search = runtime().search
-    record = search.record(caller(), image_id)
+    try:
+        record = search.record(caller(), image_id)
+    except NotFound:
+        gone = _history(image_id)
+        if not gone:
+            raise
+        # An image a moderator rejected or someone deleted: say what became of it (the
+        # audit log links here) rather than a bare "not found".
+        return render_template("admin/gone.html", image_id=image_id, events=gone), 410
     similar = search.similar(caller(), image_id, k=8)
     payload = record.payload
     metadata = {
@@ -360,6 +376,14 @@ def image(image_id: str) -> ResponseReturnValue:
     )
 
 
+def _history(image_id: str) -> list[Any]:
+    """The audit events about an image id, newest first, for a caller who may read the
+    audit log; empty for anyone else or an id the log never saw."""
+    if not is_image_id(image_id) or not caller().allows(Scope.MODERATE):
+        return []
+    return runtime().moderation.audit_log(caller(), 20, target=image_id)
+
+
 def _confirm(
     title: str,
     message: str,
@@ -368,9 +392,11 @@ def _confirm(
     cancel: str,
     fields: list[tuple[str, str]] | None = None,
     images: list[str] | None = None,
+    reason: str | None = None,
 ) -> ResponseReturnValue:
     """A page asking to confirm a destructive action: a plain form that posts again with
-    ``confirmed=1``, so it works without JavaScript."""
+    ``confirmed=1``, so it works without JavaScript. With ``reason`` (possibly empty) it
+    also asks why, focused, so that typing a reason then Enter confirms."""
     return render_template(
         "admin/confirm.html",
         title=title,
@@ -380,6 +406,7 @@ def _confirm(
         cancel=cancel,
         fields=fields or [],
         images=images or [],
+        reason=reason,
     )
 
 
@@ -526,18 +553,18 @@ def decide() -> ResponseReturnValue:
     add = request.form.get("add_to_flagged") or ""
     if action == "reject" and not _confirmed():
         fields = [("image_ids", i) for i in ids]
-        fields += [("action", "reject"), ("reason", reason), ("add_to_flagged", add)]
-        fields.append(("back", back))
+        fields += [("action", "reject"), ("add_to_flagged", add), ("back", back)]
         also = " Their images join the flagged set." if add else ""
         return _confirm(
             f"Reject {len(ids)} image(s)?",
             "Rejected images are removed from the catalog with their originals; "
-            f"the audit log keeps the decision{f' (reason: {reason})' if reason else ''}.{also}",
+            f"the audit log keeps the decision and its reason.{also}",
             url_for("admin.decide"),
             f"Reject {len(ids)} image(s)",
             back,
             fields,
             ids,
+            reason=reason,
         )
     results = runtime().moderation.decide(
         caller(), ids, Decision(action), reason or None, add_to_flagged=bool(add)

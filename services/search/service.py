@@ -6,6 +6,7 @@ reach (as references and as results), and payloads come back shaped for the call
 
 from __future__ import annotations
 
+import difflib
 import time
 import uuid
 from collections.abc import Sequence
@@ -240,8 +241,20 @@ class SearchService:
         unknown = sorted(f for f in asked if f not in known)
         if not unknown:
             return []
-        names = ", ".join(sorted(known - {"image_id", "phash", "moderation", "tag_scores"})[:40])
-        return [f"no image has a field {f!r} (fields in the catalog: {names})" for f in unknown]
+        # Name what a person filters on: metadata and tags, not per-label scores or
+        # moderation internals (filterable, but dozens of them drown the useful names).
+        listed = sorted(
+            f
+            for f in known - {"image_id", "phash", "moderation", "tag_scores"}
+            if not f.startswith(("tag_scores.", "moderation."))
+        )
+        out = []
+        for f in unknown:
+            close = difflib.get_close_matches(f, sorted(known), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            names = ", ".join(listed[:30]) + (" …" if len(listed) > 30 else "")
+            out.append(f"no image has a field {f!r}; {hint}fields in the catalog: {names}")
+        return out
 
     def _known_fields(self) -> frozenset[str]:
         now = time.monotonic()

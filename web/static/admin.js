@@ -131,10 +131,19 @@ function setUpQueue() {
     rows[current].focus({ preventScroll: true });
     rows[current].scrollIntoView({ block: "nearest" });
   };
-  highlight(0);
+  // After a decision the queue comes back with the highlight where it was (the decided
+  // row is gone, so the next one is there), not on the first row.
+  const at = parseInt(new URLSearchParams(window.location.search).get("at") || "0", 10);
+  highlight(Number.isNaN(at) ? 0 : at);
   const box = (row) => row.querySelector('input[name="image_ids"]');
   const decide = (button) => {
     if (!rows.some((row) => box(row).checked)) box(rows[current]).checked = true;
+    const back = document.querySelector('#review-form input[name="back"]');
+    if (back) {
+      const url = new URL(back.value, window.location.origin);
+      url.searchParams.set("at", String(current));
+      back.value = url.pathname + url.search;
+    }
     document.getElementById(button).click();
   };
   document.addEventListener("keydown", (e) => {
