@@ -137,6 +137,18 @@ def test_upload_and_job_json(app: Flask, client: FlaskClient) -> None:
     settle(app)
     job = client.get(f"/admin/jobs/{r.json['job_id']}").json
     assert job["state"] == "done" and job["items"][0]["state"] == "done"
+    assert job["items"][0]["moderation_status"] == "clear"
+    # An upload of a flagged image's bytes: the page can say it was quarantined.
+    runtime_of(app).moderation.add_image(ADMIN, png_bytes(2), "c", threshold=0.999, scan=False)
+    r = client.post(
+        "/admin/upload",
+        data={"files": [(io.BytesIO(png_bytes(2)), "two.png")]},
+        headers={"X-CSRFToken": token},
+        content_type="multipart/form-data",
+    )
+    settle(app)
+    job = client.get(f"/admin/jobs/{r.json['job_id']}").json
+    assert job["items"][0]["moderation_status"] == "quarantined"
     r = client.post(
         "/admin/upload",
         data={"files": [(io.BytesIO(b"not an image"), "bad.png")]},

@@ -87,6 +87,7 @@ def test_roles_limit_pages_by_the_route_table(app: Flask) -> None:
             assert 'aria-label="Dashboard"' in page  # navigation on every answer
             if want == 403:
                 assert "Not allowed" in page and "Back to search" in page
+                assert "this page is for" in page and 'id="retry"' not in page
         nav = client.get("/admin/search").get_data(as_text=True)
         assert ('href="/admin/moderation"' in nav) is (Scope.MODERATE in scopes)
         assert ('href="/admin/upload"' in nav) is (Scope.INGEST in scopes)

@@ -56,6 +56,7 @@ MAX_PAGE = MAX_K // PER_PAGE
 PAGE = TypeAdapter(Annotated[int, Field(ge=1, le=MAX_PAGE)])
 QUEUE_PAGE = 12
 AUDIT_PAGE = 50
+JOB_STATUS_ITEMS = 50  # a job this small gets each upload's moderation state in its JSON
 FLAG_FIELDS = ("category", "threshold", "note")
 
 
@@ -129,7 +130,11 @@ def needs(
         @functools.wraps(view)
         def wrapped(**kwargs: Any) -> ResponseReturnValue:
             if not caller().allows(scope):
-                raise Forbidden(f"your role cannot use this page (it needs {scope.value!r})")
+                roles = [r.value for r in Role if Principal("", r.scopes).allows(scope)]
+                raise Forbidden(
+                    f"this page is for {' and '.join(f'{r}s' for r in roles)}; "
+                    "an admin can change your role"
+                )
             return view(**kwargs)
 
         return wrapped
@@ -471,7 +476,18 @@ def upload() -> ResponseReturnValue:
 def job(job_id: str) -> ResponseReturnValue:
     jobs = runtime().jobs
     data = jobs.get(caller(), job_id).as_dict()
-    data["items"] = jobs.items(caller(), job_id)
+    items = jobs.items(caller(), job_id)
+    if len(items) <= JOB_STATUS_ITEMS:
+        # The upload page says when an upload it sent was quarantined, not just "done".
+        search = runtime().search
+        for item in items:
+            if item.get("state") == "done" and item.get("image_id"):
+                try:
+                    payload = search.record(caller(), str(item["image_id"])).payload
+                except NotFound:
+                    continue
+                item["moderation_status"] = payload.get("moderation_status", "clear")
+    data["items"] = items
     return jsonify(data)
 
 

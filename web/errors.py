@@ -96,7 +96,7 @@ def _wants_page() -> bool:
 def _page(status: int, message: str, expired_form: bool = False) -> ResponseReturnValue:
     """An error as a dashboard page: what happened, and ways on (no raw JSON, no trace)."""
     retry = None
-    if request.method == "GET" and status < 500 and status != 404:
+    if request.method == "GET" and status < 500 and status not in (403, 404):
         retry = request.full_path
     elif (
         expired_form and request.url_rule is not None and "GET" in (request.url_rule.methods or ())

@@ -45,7 +45,7 @@ function uploadOne(form, file, row) {
       poll(url, (job) => {
         if (!job) return;
         const item = (job.items || [])[0];
-        if (item) row.setState(item.state, item.reason, item.image_id);
+        if (item) row.setState(item.state, item.reason, item.image_id, item.moderation_status);
       }).then(resolve);
     };
     xhr.onerror = () => { row.setState("failed", "network error"); resolve(); };
@@ -64,8 +64,9 @@ function addRow(name) {
   document.getElementById("upload-rows").append(tr);
   return {
     bar,
-    setState(value, reason, imageId) {
-      state.textContent = value + (reason ? `: ${reason}` : "");
+    setState(value, reason, imageId, moderation) {
+      const held = moderation === "quarantined" ? " (quarantined for review)" : "";
+      state.textContent = value + held + (reason ? `: ${reason}` : "");
       state.dataset.state = value;
       if (imageId && value === "done") {
         const a = document.createElement("a"); a.href = `/admin/images/${imageId}`; a.textContent = " view";
