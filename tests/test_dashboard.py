@@ -277,6 +277,8 @@ def test_filters_warn_about_unknown_fields_and_accept_any_of(app: Flask) -> None
     assert "f0.png" in page and "f1.png" not in page and "1</strong> image · showing" in page
     page = client.get("/admin/search?where=colour%3Dred%7Cgreen").get_data(as_text=True)
     assert "f0.png" in page and "f2.png" in page and "f1.png" not in page
+    page = client.get("/admin/search?q=x&page=5").get_data(as_text=True)
+    assert "page 5 is past the last page of these results (1)" in page
 
 
 def test_audit_log_pages_filters_and_links(app: Flask) -> None:

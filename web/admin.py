@@ -322,6 +322,9 @@ def search() -> ResponseReturnValue:
     if query_image:
         link_args = {**link_args, "image": query_image, "q": ""}
     shown = hits[start : start + PER_PAGE]
+    if not shown and page > 1 and total and error is None:
+        last = min(MAX_PAGE, -(-total // PER_PAGE))
+        error = f"page {page} is past the last page of these results ({last})"
     options = {
         d.name: [label.name for label in d.labels]
         for d in (taxonomy.dimensions if taxonomy else [])
