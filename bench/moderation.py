@@ -58,7 +58,7 @@ from services.moderation.content import content
 from services.moderation.flagged import FlaggedSet
 from services.moderation.keypoints import features as keypoint_features
 from services.moderation.keypoints import two_nearest
-from services.settings import ImageLimits, ModerationSettings
+from services.settings import ImageLimits, ModerationSettings, Settings
 
 # Real photos: which bundled images are flagged, and how.
 FLAGGED_ON_WHITE = ("chelsea", "coffee", "rocket", "astronaut", "coins", "china")
@@ -147,7 +147,9 @@ def measure(world: World, encoder: Encoder, policy: ModerationSettings) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
     index = EdgeIndex(workdir / "index")
     index.ensure_collection("flagged", encoder.identity)
-    flagged = FlaggedSet(encoder, index, "flagged", policy, limits)
+    # Matching threads as production sets them: the model's share of the cores.
+    threads = Settings().inference_threads
+    flagged = FlaggedSet(encoder, index, "flagged", policy, limits, threads=threads)
     t0 = time.perf_counter()
     for data in world.flagged:
         flagged.add_image(data, "prohibited", "bench")
@@ -225,7 +227,7 @@ def matching_speed(world: World, repeat: int = 3) -> None:
 
     def faiss_scan() -> None:
         for a, b in pairs:
-            two_nearest(a, b)
+            two_nearest(a, b, cv2.getNumThreads())  # as many threads as OpenCV's
 
     runs: dict[str, list[float]] = {"opencv": [], "faiss": []}
     for _ in range(repeat):  # interleaved, so drift in the VM's speed hits both alike

@@ -30,7 +30,6 @@ from services.jobs.kinds import Kind, execute
 from services.jobs.service import JobService
 from services.jobs.store import JobStore, MemoryJobStore, RedisJobStore
 from services.moderation.flagged import FlaggedSet
-from services.moderation.keypoints import use_threads as use_matching_threads
 from services.moderation.review import ReviewService
 from services.moderation.service import ModerationService
 from services.search.service import SearchService
@@ -325,9 +324,14 @@ def build_runtime(
     labels = LabelBank(encoder, index, collections.labels, taxonomy_store)
     tagger = Tagger(encoder, labels, RapidOcrReader(), limits)
     flagged_originals = ImageStore(blobs("flagged"))
-    use_matching_threads(settings.inference_threads)
     flagged = FlaggedSet(
-        encoder, index, collections.flagged, settings.moderation, limits, flagged_originals
+        encoder,
+        index,
+        collections.flagged,
+        settings.moderation,
+        limits,
+        flagged_originals,
+        threads=settings.inference_threads,
     )
     review = ReviewService(index, collections.images, store, thumbnails, flagged, audit)
     search = SearchService(

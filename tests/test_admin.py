@@ -208,3 +208,23 @@ def test_dashboard_images_fit_browsing_and_are_cacheable(
         assert api[:5] == [200] * 5 and api[5:] == [429, 429]
     finally:
         runtime_of(app).close()
+
+
+def test_login_follows_only_same_site_paths(app: Flask, client: FlaskClient) -> None:
+    """``next`` after login: a path on this site is followed; another site, however it is
+    spelt (``//``, a backslash browsers read as a slash, a tab they drop), is not."""
+    runtime_of(app).access.create_account(ADMIN, "ops", PASSWORD)
+    form = {"username": "ops", "password": PASSWORD}
+    for target, lands in (
+        ("/admin/status", "/admin/status"),
+        ("//evil.example/x", "/admin/search"),
+        ("/\\evil.example/x", "/admin/search"),
+        ("/\t/evil.example/x", "/admin/search"),
+        ("https://evil.example/", "/admin/search"),
+    ):
+        token = csrf(client, "/admin/login")
+        r = client.post(
+            "/admin/login", query_string={"next": target}, data={**form, "csrf_token": token}
+        )
+        assert r.status_code == 302 and r.location.endswith(lands), (target, r.location)
+        client.post("/admin/logout", data={"csrf_token": csrf(client, "/admin/search")})

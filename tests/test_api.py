@@ -139,6 +139,16 @@ def test_upload_validation(client: FlaskClient, tokens: dict[str, str]) -> None:
         content_type="multipart/form-data",
     )
     assert r.status_code == 422 and "reserved" in r.json["error"]["message"]
+    r = client.post(
+        "/api/v1/images",
+        data={
+            "files": [(io.BytesIO(png_bytes(1)), "a.png")],
+            "metadata": '{"flag": "\\u0000sightline:true"}',
+        },
+        headers=h,
+        content_type="multipart/form-data",
+    )
+    assert r.status_code == 422 and "NUL" in r.json["error"]["message"]
 
 
 def test_request_too_large_is_413(settings: Settings, encoder: Encoder) -> None:

@@ -299,3 +299,39 @@ def test_int8_quantized_collections_rank_like_brute_force(index_kind: str, tmp_p
             assert abs(h.score - float(exact[ids.index(h.id)])) < 1e-4
     assert found / 250 >= 0.95
     index.close()
+
+
+def test_an_embedded_shard_from_before_boolean_encoding_is_upgraded_once(
+    tmp_path: Path,
+) -> None:
+    """Booleans written as plain booleans (the binding's own way, before this adapter
+    encoded them) could never be matched; the first open rewrites them, once."""
+    import qdrant_edge as qe
+
+    index = EdgeIndex(tmp_path / "edge")
+    index.ensure_collection("images", IDENTITY)
+    ids = _ids(3)
+    vectors = clustered(3, DIM, clusters=1, seed=1)
+    shard = index._open("images")
+    shard.update(
+        qe.UpdateOperation.upsert_points(
+            [
+                qe.Point(uuid.UUID(i), v.tolist(), {"in_stock": n != 1, "n": n})
+                for n, (i, v) in enumerate(zip(ids, vectors, strict=True))
+            ]
+        )
+    )
+    shard.flush()
+    index.close()
+    meta_path = tmp_path / "edge" / "images" / "sightline.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["payload_format"]  # as an older Sightline wrote it
+    meta_path.write_text(json.dumps(meta))
+
+    reopened = EdgeIndex(tmp_path / "edge")
+    assert reopened.count("images", PayloadFilter(equals={"in_stock": True})) == 2
+    assert reopened.count("images", PayloadFilter(equals={"in_stock": False})) == 1
+    by_n = {r.payload["n"]: r.payload for r in reopened.scroll("images")[0]}
+    assert by_n[0]["in_stock"] is True and by_n[1]["in_stock"] is False
+    assert json.loads(meta_path.read_text())["payload_format"] == 2
+    reopened.close()

@@ -173,6 +173,23 @@ def test_worker_batches_embed_what_the_model_gives_for_the_decoded_images(
         assert runtime.thumbnails.exists(image_id)
 
 
+def test_a_failure_preparing_ahead_is_left_to_the_commit(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Making model inputs and thumbnails ahead is an optimisation: when it fails (a
+    processor error, memory), the chunk is embedded the ordinary way, not redelivered."""
+
+    def broken(prepared: object) -> object:
+        raise MemoryError("no room for model inputs")
+
+    monkeypatch.setattr(runtime.pipeline.indexer, "ready", broken)
+    ids = [runtime.store.put(jpeg_bytes(400 + i, size=(320, 240))) for i in range(6)]
+    job_id = runtime.uploads.ingest_stored(ADMIN, ids)
+    _settle(runtime)
+    assert runtime.jobs.store.get(job_id).counts["done"] == 6
+    assert all(runtime.thumbnails.exists(i) for i in ids)
+
+
 def test_upload_refuses_bad_items_and_stores_nothing_for_them(runtime: Runtime) -> None:
     receipt = runtime.uploads.upload(
         ADMIN, [IngestItem(png_bytes(5), "ok.png"), IngestItem(b"junk", "bad.jpg")]

@@ -118,6 +118,25 @@ def test_every_system_field_is_declared(runtime: Any) -> None:
     assert set(payload) - {"title"} <= SYSTEM_FIELDS
 
 
+def test_filter_warnings_name_no_internal_field_to_a_searcher(runtime: Any) -> None:
+    """A typo's suggestion and the listed fields come from what the caller may see: a
+    search-only key never learns moderation's field names from a warning."""
+    from services.filters import parse_filters
+    from tests.conftest import SEARCHER
+
+    runtime.moderation.add_image(ADMIN, png_bytes(6), "c", threshold=0.0, scan=False)
+    runtime.ingestor.ingest(ADMIN, [IngestItem(png_bytes(6), "a.png", {"colour": "red"})])
+    runtime.ingestor.ingest(ADMIN, [IngestItem(png_bytes(7), "b.png", {"colour": "blue"})])
+    for expr in ("moderation_statu=x", "moderation.matche=x", "phas=1", "colr=red"):
+        [warning] = runtime.search.unknown_fields(SEARCHER, parse_filters([expr]))
+        told = warning.split(";", 1)[1]  # past the echo of the caller's own field name
+        assert "moderation" not in told and "phash" not in told, warning
+    [typo] = runtime.search.unknown_fields(SEARCHER, parse_filters(["colr=red"]))
+    assert "did you mean 'colour'?" in typo
+    [mod] = runtime.search.unknown_fields(ADMIN, parse_filters(["moderation_statu=x"]))
+    assert "did you mean 'moderation_status'?" in mod  # a moderator may be told
+
+
 # -- the authorisation matrix --------------------------------------------------------------
 
 

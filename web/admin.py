@@ -152,8 +152,16 @@ def _no_store(response: Response) -> Response:
 
 
 def _safe_next(target: str | None) -> str:
-    """Only same-site paths are followed after login."""
-    if target and target.startswith("/") and not target.startswith("//"):
+    """Only same-site paths are followed after login. Browsers read a backslash as a
+    slash (``/\\evil.example`` is ``//evil.example``) and drop control characters, so a
+    target holding either is refused too."""
+    if (
+        target
+        and target.startswith("/")
+        and not target.startswith("//")
+        and "\\" not in target
+        and not any(ord(c) < 32 or ord(c) == 127 for c in target)
+    ):
         parts = urlsplit(target)
         if not parts.netloc and not parts.scheme:
             return target
@@ -323,8 +331,9 @@ def search() -> ResponseReturnValue:
         link_args = {**link_args, "image": query_image, "q": ""}
     shown = hits[start : start + PER_PAGE]
     if not shown and page > 1 and total and error is None:
-        last = min(MAX_PAGE, -(-total // PER_PAGE))
-        error = f"page {page} is past the last page of these results ({last})"
+        # One per product counts groups, not the images ``total`` counts: no number then.
+        last = "" if one_per else f" ({min(MAX_PAGE, -(-total // PER_PAGE))})"
+        error = f"page {page} is past the last page of these results{last}"
     options = {
         d.name: [label.name for label in d.labels]
         for d in (taxonomy.dimensions if taxonomy else [])

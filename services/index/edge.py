@@ -9,7 +9,9 @@ Booleans: the binding (qdrant-edge-py 0.9) turns a ``MatchValue(True)`` into the
 so a stored ``true`` can never be matched. Payload booleans are therefore kept in the
 shard as two reserved strings and turned back into booleans on every read, and boolean
 conditions match those strings: through this adapter, booleans behave exactly as on a
-Qdrant server (the contract suite checks both).
+Qdrant server (the contract suite checks both). A shard written before this encoding
+(``payload_format`` below 2 in its ``sightline.json``) has its booleans rewritten once,
+when this adapter first opens it.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from services.index.base import (
 )
 
 _META_FILE = "sightline.json"
+PAYLOAD_FORMAT = 2  # 2: payload booleans kept as the reserved strings below
 _ACTIVE_FILE = "active.json"  # the switch pointer (Qdrant aliases' role on a server)
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
@@ -72,6 +75,16 @@ def _read(value: Any) -> Any:
     if isinstance(value, list):
         return [_read(v) for v in value]
     return value
+
+
+def _has_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, dict):
+        return any(_has_bool(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_bool(v) for v in value)
+    return False
 
 
 def _payload(raw: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -158,7 +171,34 @@ class EdgeIndex(VectorIndex):
                     "an embedded index at a time; use a Qdrant server for several processes."
                 ) from e
             self._shards[name] = shard
+            self._upgrade_payloads(name, shard)
             return shard
+
+    def _upgrade_payloads(self, name: str, shard: qe.EdgeShard) -> None:
+        """Rewrite the booleans of a shard stored before they were encoded, once: until
+        then a boolean filter could not match them. Points without booleans are left
+        alone; the format is recorded only after every point is rewritten."""
+        meta_path = self._dir(name) / _META_FILE
+        meta = json.loads(meta_path.read_text())
+        if int(meta.get("payload_format", 1)) >= PAYLOAD_FORMAT:
+            return
+        offset: Any = None
+        while True:
+            records, offset = shard.scroll(
+                qe.ScrollRequest(offset=offset, limit=256, with_payload=True, with_vector=False)
+            )
+            for r in records:
+                payload = dict(r.payload or {})
+                if _has_bool(payload):
+                    op = qe.UpdateOperation.set_payload([r.id], _stored(payload))
+                    shard.update(op)
+            if offset is None:
+                break
+        shard.flush()
+        meta["payload_format"] = PAYLOAD_FORMAT
+        tmp = meta_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(meta))
+        os.replace(tmp, meta_path)
 
     def collection_identity(self, name: str) -> ModelIdentity | None:
         meta = self._dir(name) / _META_FILE
@@ -198,7 +238,7 @@ class EdgeIndex(VectorIndex):
             except Exception as e:
                 raise IndexUnavailable(f"cannot create embedded collection {name!r}: {e}") from e
             tmp = directory / (_META_FILE + ".tmp")
-            tmp.write_text(json.dumps(identity.as_dict()))
+            tmp.write_text(json.dumps({**identity.as_dict(), "payload_format": PAYLOAD_FORMAT}))
             os.replace(tmp, directory / _META_FILE)  # identity appears only once complete
             self._shards[name] = shard
 

@@ -65,7 +65,7 @@ def validate_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
         raise InvalidMetadata(f"too many metadata keys ({len(metadata)} > {_MAX_META_KEYS})")
     clean: dict[str, Any] = {}
     for key, value in metadata.items():
-        if not isinstance(key, str) or not key or len(key) > 64:
+        if not isinstance(key, str) or not key or len(key) > 64 or "\x00" in key:
             raise InvalidMetadata(f"metadata key {key!r} must be a string of 1-64 characters")
         if key in RESERVED_KEYS:
             raise InvalidMetadata(f"metadata key {key!r} is reserved by Sightline")
@@ -77,6 +77,9 @@ def validate_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
                 raise InvalidMetadata(f"metadata {key!r}: numbers must be finite")
             if isinstance(v, str) and len(v) > _MAX_META_VALUE:
                 raise InvalidMetadata(f"metadata {key!r}: value longer than {_MAX_META_VALUE}")
+            if isinstance(v, str) and "\x00" in v:
+                # Never text a person wrote, and the embedded index reserves it (booleans).
+                raise InvalidMetadata(f"metadata {key!r}: values may not hold NUL characters")
         clean[key] = value
     return clean
 

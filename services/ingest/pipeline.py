@@ -210,7 +210,12 @@ class Pipeline:
                 out.append((n, ev, e))
         # Model inputs and thumbnails too, here on the decode thread, off the model's.
         decoded = [(k, r) for k, (_, _, r) in enumerate(out) if isinstance(r, Prepared)]
-        made = self.indexer.ready([r for _, r in decoded])
+        try:
+            made = self.indexer.ready([r for _, r in decoded])
+        except Exception:  # an optimisation only: what failed here is done at commit, whose
+            # handler fails the items with the reason instead of redelivering them forever
+            log.exception("preparing a chunk ahead of the model failed; it is done at commit")
+            made = [r for _, r in decoded]
         for (k, _), ready in zip(decoded, made, strict=True):
             n, ev, _ = out[k]
             out[k] = (n, ev, ready)

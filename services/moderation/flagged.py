@@ -429,8 +429,10 @@ class FlaggedSet:
         policy: ModerationSettings,
         limits: ImageLimits,
         originals: ImageStore | None = None,
+        threads: int = 1,
     ) -> None:
         self.originals = originals
+        self.threads = threads  # for keypoint matching: the model's share of the cores
         self.encoder = encoder
         self.index = index
         self.collection = collection
@@ -688,6 +690,7 @@ class FlaggedSet:
                     views[j] if views else None,
                     frames=j in likeliest
                     or (j in candidates and (blind_votes or not _has_views(snap, j))),
+                    threads=self.threads,
                 )
                 layout = _Layout(snap, j, pixels, j in candidates)
                 if exact:
@@ -931,7 +934,9 @@ class _Verifier:
         enough: int,
         votes: tuple[int, int] | None = None,
         frames: bool = True,
+        threads: int = 1,
     ) -> None:
+        self.threads = threads
         self.flagged = snap.features[j] if j < len(snap.features) else None
         self.frames = frames  # whether whole frames may be compared too
         layout = snap.layouts[j] if j < len(snap.layouts) else None
@@ -1015,7 +1020,7 @@ class _Verifier:
             ):
                 break
             pairing = _Pairing(
-                geometric(query, features),
+                geometric(query, features, self.threads),
                 query,
                 px.layout,
                 features,
@@ -1038,7 +1043,7 @@ class _Verifier:
             if query_frame is None or features is None or best >= self.enough:
                 continue
             pairing = _Pairing(
-                geometric(query_frame, features),
+                geometric(query_frame, features, self.threads),
                 query_frame,
                 query_layout,
                 features,

@@ -236,8 +236,8 @@ class SearchService:
         known = self._known_fields()
         if not known:  # an empty catalog: nothing to compare with
             return []
-        if not caller.sees_moderation:
-            known = known - INTERNAL_FIELDS
+        if not caller.sees_moderation:  # internal fields and every path below them
+            known = frozenset(f for f in known if f.split(".", 1)[0] not in INTERNAL_FIELDS)
         unknown = sorted(f for f in asked if f not in known)
         if not unknown:
             return []
@@ -250,7 +250,7 @@ class SearchService:
         )
         out = []
         for f in unknown:
-            close = difflib.get_close_matches(f, sorted(known), n=1, cutoff=0.6)
+            close = difflib.get_close_matches(f, listed, n=1, cutoff=0.6)
             hint = f"did you mean {close[0]!r}? " if close else ""
             names = ", ".join(listed[:30]) + (" …" if len(listed) > 30 else "")
             out.append(f"no image has a field {f!r}; {hint}fields in the catalog: {names}")
