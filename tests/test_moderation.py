@@ -26,12 +26,17 @@ from services.moderation.flagged import (
     FlaggedEntry,
     FlaggedSet,
     Pixels,
+    _EntryPixels,
+    _Frame,
+    _Lazy,
     _Snapshot,
+    _Verifier,
+    _voting_views,
     hamming,
     hash_variants,
     phash,
 )
-from services.moderation.keypoints import two_nearest
+from services.moderation.keypoints import Features, two_nearest
 from services.moderation.layout import (
     CELLS,
     SIDE,
@@ -143,6 +148,16 @@ def test_content_trims_frames_and_captions_but_keeps_scenes() -> None:
         found = content(image)
         assert found is not None and found.background == (255, 255, 255)
         assert abs(found.image.width - 120) <= 4 and abs(found.image.height - 90) <= 4
+    # A line of bold, outlined text typed on a coloured backdrop beside the object weighs
+    # as much as half the object, and is still a caption, not content.
+    for text, at in (("@shop.example", (30, 60)), ("limited edition", (20, 270))):
+        backdrop = Image.new("RGB", (320, 320), (212, 95, 148))
+        backdrop.paste(obj, (60, 150))
+        ImageDraw.Draw(backdrop).text(
+            at, text, fill="white", font_size=34, stroke_width=2, stroke_fill="black"
+        )
+        found = content(backdrop)
+        assert found is not None and found.image.size == (120, 90), (text, found)
     # A photo with no plain frame is kept whole; a blank canvas has no content at all.
     scene = Image.fromarray(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8))
     found = content(scene)
@@ -781,7 +796,11 @@ def test_a_flat_render_matches_by_hash_only_with_a_borderline_cosine(
     def flagged_with(margin: float) -> FlaggedSet:
         index = EdgeIndex(tmp_path / f"flagged-{margin}")
         index.ensure_collection("flagged", encoder.identity)
-        policy = ModerationSettings(image_threshold=1.0, borderline_margin=margin)
+        # Keypoints of an entry that does not verify may confirm a match (the test
+        # below); here they are kept out of reach, so the hash rule is what is tested.
+        policy = ModerationSettings(
+            image_threshold=1.0, borderline_margin=margin, keypoint_threshold=400
+        )
         found = FlaggedSet(encoder, index, "flagged", policy, ImageLimits())
         entry = found.add_image(data, "prohibited", "test")
         assert not entry.verifiable  # a flat shape: its copies cannot be verified by keypoints
@@ -798,3 +817,70 @@ def test_a_flat_render_matches_by_hash_only_with_a_borderline_cosine(
         assert not borderline.check_bytes(jpeg(other, 85)).quarantined
     # Without a borderline cosine, the hash alone does not quarantine.
     assert not flagged_with((1.0 - cosine) / 2).check_bytes(copy).quarantined
+
+
+def test_an_entry_that_does_not_verify_confirms_by_keypoints_and_never_refutes(
+    encoder,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    """A flat render's degraded copies do not verify, so its keypoints may not refute, but
+    they are kept: a copy whose caption moved its hash (and, with the demo model, its
+    embedding) is still confirmed by many keypoints on pixels that agree."""
+    index = EdgeIndex(tmp_path / "flagged")
+    index.ensure_collection("flagged", encoder.identity)
+    flagged = FlaggedSet(
+        encoder, index, "flagged", ModerationSettings(image_threshold=1.0), ImageLimits()
+    )
+    original = render(Product("skirt", "green", "plain"), 70_000_003, size=320)
+    entry = flagged.add_image(jpeg(original, 95), "prohibited", "test")
+    assert not entry.verifiable and entry.keypoints  # kept, to confirm only
+    captioned = original.copy()
+    ImageDraw.Draw(captioned).text(
+        (20, 250),
+        "limited edition",
+        fill="white",
+        font_size=34,
+        stroke_width=2,
+        stroke_fill="black",
+    )
+    for copy in (captioned, ImageOps.mirror(original)):
+        verdict = flagged.check_bytes(jpeg(copy, 85))
+        assert verdict.quarantined, verdict.matches
+        [match] = verdict.matches
+        assert match.signal == "keypoints"
+        assert (match.keypoints or 0) >= flagged.policy.keypoint_threshold
+        assert (match.keypoint_agreement or 0) >= flagged.policy.keypoint_agreement_threshold
+    # Other renders are not confirmed; and the entry's keypoints, few as agree with them,
+    # refute nothing.
+    snap = flagged.snapshot()
+    for seed in range(3):
+        other = render(Product("hat", "orange", "plain"), 71_000_000 + seed, size=320)
+        assert not flagged.check_bytes(jpeg(other, 85)).quarantined
+        pixels = Pixels.of(Image.open(io.BytesIO(jpeg(other, 85))).convert("RGB"))
+        verify = _Verifier(snap, 0, _Lazy(lambda _, p=pixels: p, 0), 40)
+        assert verify.applies and not verify.verifiable
+        assert (verify.run() or 0) < flagged.policy.keypoint_threshold
+        assert not flagged._keypoints_refute(verify)
+
+
+def test_an_entry_verified_by_its_frame_alone_is_voted_for() -> None:
+    """An entry whose content has too few keypoints but whose whole frame verifies gets
+    votes through its frame's views (or it would be compared only as a candidate of the
+    embedding, hash or colours, all of which a caption can move)."""
+    content_views = (_features(1), _features(2))
+    frame = _Frame(_features(3), _features(4), np.zeros((8, 8, 3), np.uint8))
+    assert _voting_views(
+        _EntryPixels(np.zeros(0, np.uint64), None, np.zeros(1), content_views)
+    ) == (content_views)
+    frame_only = _EntryPixels(np.zeros(0, np.uint64), None, np.zeros(1), None, frame, True)
+    assert _voting_views(frame_only) == (frame.features, frame.mirror)
+    assert _voting_views(_EntryPixels(np.zeros(0, np.uint64), None, np.zeros(1), None)) is None
+
+
+def _features(seed: int) -> Features:
+    rng = np.random.default_rng(seed)
+    return Features(
+        rng.random((40, 2), dtype=np.float32) * 320,
+        rng.integers(0, 255, (40, 32), dtype=np.uint8),
+        (320.0, 320.0),
+    )

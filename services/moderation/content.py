@@ -26,6 +26,11 @@ TRIM_TOLERANCE = 24  # largest per-channel difference (0-255) from the border co
 BOX_TOLERANCE = 40
 TRIM_SHARE = 0.01  # a row or column of the shapes is content when this share of it differs
 MIN_SHAPE = 0.15  # a shape is content when it weighs this share of the heaviest one
+# A shape this low (share of the frame's height) and this many times as long as it is
+# high is a line of text, weighed as light as a speck.
+CAPTION_HEIGHT = 0.15
+CAPTION_ASPECT = 3.0
+MAX_CAPTIONS = 2
 SCATTERED = 0.1  # light shapes holding more than this share of all weight: keep them all
 _SOLID = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))  # strokes thinner vanish
 _JOIN = np.ones((5, 5), np.uint8)
@@ -93,7 +98,7 @@ def _box(differs: np.ndarray) -> tuple[int, int, int, int] | None:
     if not solid.any():  # all strokes (a line drawing): weigh every pixel
         solid = differs
     joined = cv2.dilate(solid, _JOIN)
-    count, labels = cv2.connectedComponents(joined, connectivity=8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(joined, connectivity=8)
     if count < 2:
         return None
     weight = np.bincount(labels[solid.astype(bool)], minlength=count)
@@ -101,6 +106,18 @@ def _box(differs: np.ndarray) -> tuple[int, int, int, int] | None:
     light = (weight > 0) & (weight < MIN_SHAPE * weight.max())
     if weight[light].sum() > SCATTERED * weight.sum():
         light[:] = False  # many shapes of every size: a scene or a texture, keep it whole
+    # A line or two of text typed over the backdrop beside the object: low, long bands,
+    # light whatever they weigh (bold letters with an outline weigh a quarter of a
+    # product). More of them, or one heavier than the object, are a pattern: kept.
+    width, height = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
+    line = (
+        (weight > 0)
+        & (height <= CAPTION_HEIGHT * differs.shape[0])
+        & (width >= CAPTION_ASPECT * height)
+    )
+    line[int(np.argmax(weight))] = False
+    if 0 < line.sum() <= MAX_CAPTIONS and weight[line].sum() < weight.max():
+        light |= line
     keep = np.flatnonzero((weight > 0) & ~light)
     # The kept shapes with their thin parts (a stroke touching them) back.
     region = cv2.dilate(np.isin(labels, keep).astype(np.uint8), _JOIN).astype(bool)

@@ -29,7 +29,9 @@ cosine reaches the threshold ("embedding"); or, for an
 entry whose copies verify by keypoints (checked when it is added: ``verifiable``), when
 ``keypoint_threshold`` keypoints agree and the pixels under their transform agree on
 ``keypoint_agreement_floor``, or ``keypoint_floor`` keypoints agree and the pixels on
-``keypoint_agreement_threshold`` ("keypoints"); or when the layout agrees on at
+``keypoint_agreement_threshold`` ("keypoints"; for an entry that is not verifiable,
+whose keypoints are kept to confirm and never refute, ``keypoint_threshold`` of them on
+pixels that agree on ``keypoint_agreement_threshold``); or when the layout agrees on at
 least ``layout_threshold`` ("layout"), or the pHash distance is at most ``phash_strong``
 ("phash") or at most ``phash_weak`` with a borderline cosine ("phash+embedding") — the
 hash rules only where the layout was compared and reaches ``layout_floor`` (or, in a
@@ -103,8 +105,9 @@ VOTE_LSH: dict[str, bool | int | float | str] = {
 }
 VOTE_CHECKS = 32
 # How entries' pixel fields are made; older entries are made again from their originals
-# when a process first reads them (2: hue-preserving normalisation, feature sizes, frames).
-PIXELS_VERSION = 2
+# when a process first reads them (2: hue-preserving normalisation, feature sizes, frames;
+# 3: the keypoints of entries that do not verify, kept to confirm).
+PIXELS_VERSION = 3
 VOTERS = 300  # about this many of a query's keypoints vote (a copy's win by dozens)
 # An entry's mirror view is matched after the entry itself falls short only when the
 # query's keypoints gave the mirror this many votes: a mirrored copy gives it dozens.
@@ -295,12 +298,14 @@ class _Snapshot:
     taken: float
     layouts: list[Prepared | None] = field(default_factory=list)  # per entry, if any
     colours: np.ndarray | None = None  # (entries, bins) colour histograms, zero if no layout
-    # Per entry: keypoint features of its content and of its mirror, when verifiable.
+    # Per entry: keypoint features of its content and of its mirror, when stored.
     features: list[tuple[Features | None, Features | None] | None] = field(default_factory=list)
     # Per entry: its whole frame's features, its mirror's, and its layout thumbnail, when
     # it was trimmed.
     frames: list[_Frame | None] = field(default_factory=list)
-    # Every verifiable entry's descriptors in one LSH index, and which entry each belongs
+    # Per entry: whether its keypoints may refute (its copies verify), not only confirm.
+    refutes: list[bool] = field(default_factory=list)
+    # Every entry's stored descriptors in one LSH index, and which entry each belongs
     # to: one approximate nearest-neighbour pass finds which entries a query's keypoints
     # vote for, at a cost that grows slower than the set. OpenCV matchers are not
     # thread-safe, hence the lock.
@@ -374,13 +379,15 @@ class _EntryPixels:
     hashes: np.ndarray  # uint64
     layout: Prepared | None
     colours: np.ndarray
-    features: tuple[Features | None, Features | None] | None  # when verifiable
-    frame: _Frame | None = None  # when verifiable and trimmed
+    features: tuple[Features | None, Features | None] | None  # when stored
+    frame: _Frame | None = None  # when stored (the content was trimmed)
+    # Whether its copies verify, so its keypoints may refute as well as confirm.
+    refutes: bool = False
 
 
 def _parts(entry: FlaggedEntry) -> _EntryPixels:
     thumbnail = decode_layout(entry.layout)
-    frame_features = Features.decode(entry.keypoints_frame) if entry.verifiable else None
+    frame_features = Features.decode(entry.keypoints_frame)
     frame_layout = decode_layout(entry.layout_frame)
     frame = (
         _Frame(frame_features, Features.decode(entry.keypoints_frame_mirror), frame_layout)
@@ -392,16 +399,30 @@ def _parts(entry: FlaggedEntry) -> _EntryPixels:
         prepare(thumbnail) if thumbnail is not None else None,
         colour_histogram(thumbnail) if thumbnail is not None else np.zeros(BINS**3),
         (Features.decode(entry.keypoints), Features.decode(entry.keypoints_mirror))
-        if entry.verifiable
+        if entry.keypoints
         else None,
         frame,
+        entry.verifiable,
     )
+
+
+def _voting_views(parts: _EntryPixels) -> tuple[Features | None, Features | None] | None:
+    """The views a query's keypoints vote for: the entry's content and its mirror; for an
+    entry whose whole frame alone verifies (a flat render: its content has too few
+    keypoints of its own), the frame and its mirror, or it would be compared only when
+    its embedding, hash or colours made it a candidate, and a caption can move all three.
+    """
+    if parts.features is not None and any(view is not None for view in parts.features):
+        return parts.features
+    if parts.frame is not None:
+        return parts.frame.features, parts.frame.mirror
+    return None
 
 
 def _vote_index(
     features: Sequence[tuple[Features | None, Features | None] | None],
 ) -> tuple[Any, np.ndarray | None]:
-    """An LSH index over every verifiable entry's descriptors, and each one's owner:
+    """An LSH index over every entry's voting descriptors, and each one's owner:
     ``2 * entry + view`` (view 0 the entry, 1 its mirror)."""
     stacked = [
         (f.descriptors, np.full(len(f), 2 * j + view))
@@ -600,10 +621,11 @@ class FlaggedSet:
             del self._parts[stale]
         parts = [self._parts.get(e.id) or self._parts.setdefault(e.id, _parts(e)) for e in entries]
         colours = np.stack([p.colours for p in parts]) if parts else None
-        key = tuple((e.id, p.features is not None) for e, p in zip(entries, parts, strict=True))
+        voters = [_voting_views(p) for p in parts]
+        key = tuple((e.id, v is not None) for e, v in zip(entries, voters, strict=True))
         votes = self._votes if self._votes is not None and self._votes[0] == key else None
         if votes is None:
-            votes = (key, *_vote_index([p.features for p in parts]))
+            votes = (key, *_vote_index(voters))
             self._votes = votes
         return _Snapshot(
             entries,
@@ -614,6 +636,7 @@ class FlaggedSet:
             colours,
             [p.features for p in parts],
             [p.frame for p in parts],
+            [p.refutes for p in parts],
             votes[1],
             votes[2],
             self._vote_lock,
@@ -785,8 +808,9 @@ class FlaggedSet:
             or (dist <= p.phash_weak and score >= threshold - p.borderline_margin)
         )
         if verify.applies and (hashed or layout.candidate) and not layout.blind:
-            # A verifiable candidate's keypoints decide first: most candidates are other
-            # pictures, refuted by their keypoints before any layout is aligned.
+            # A candidate's keypoints go first: most candidates are other pictures, refuted
+            # by a verifiable entry's keypoints before any layout is aligned; and a copy of
+            # one that does not verify (a flat render) may still keep enough to confirm.
             verify.run()
             if self._keypoints_match(verify):
                 return "keypoints"
@@ -804,14 +828,14 @@ class FlaggedSet:
         elif (
             hashed
             and aligned is None
-            and not verify.applies
+            and not verify.verifiable
             and score >= threshold - p.borderline_margin
         ):
             # A flat render (one colour on a plain backdrop) has no layout to compare and
             # no keypoints to verify by: its hash with a borderline cosine is all there is,
             # and both must agree (the hash alone collides between flat shapes).
             signal = "phash+embedding"
-        if signal is not None and verify.applies:
+        if signal is not None and verify.verifiable:
             verify.run()
             if self._keypoints_match(verify):
                 return "keypoints"
@@ -821,11 +845,19 @@ class FlaggedSet:
 
     def _keypoints_match(self, verify: _Verifier) -> bool:
         """Keypoints alone make a match: many agree on one transform and the pixels it
-        lays over mostly agree, or fewer agree and the pixels all but all do."""
+        lays over mostly agree, or fewer agree and the pixels all but all do. For an
+        entry whose copies do not verify, only many keypoints on pixels that all but all
+        agree: its keypoints are not known to repeat, so a few agreeing say little."""
         p = self.policy
         found, agreement = verify.inliers, verify.agreement
         if found is None:
             return False
+        if not verify.verifiable:
+            return (
+                found >= p.keypoint_threshold
+                and agreement is not None
+                and agreement >= p.keypoint_agreement_threshold
+            )
         if found >= p.keypoint_threshold:
             return agreement is None or agreement >= p.keypoint_agreement_floor
         return (
@@ -838,8 +870,8 @@ class FlaggedSet:
         """A verifiable entry's keypoints say the image is another picture: too few agree,
         or the pixels their transform lays over do not."""
         p = self.policy
-        if verify.inliers is None:
-            return False  # nothing to compare: keypoints neither match nor refute
+        if verify.inliers is None or not verify.verifiable:
+            return False  # nothing to compare, or not known to repeat: no refutation
         if verify.inliers < p.keypoint_floor:
             return True
         return verify.agreement is not None and verify.agreement < p.keypoint_agreement_floor
@@ -938,6 +970,7 @@ class _Verifier:
     ) -> None:
         self.threads = threads
         self.flagged = snap.features[j] if j < len(snap.features) else None
+        self.refutes = bool(snap.refutes[j]) if j < len(snap.refutes) else False
         self.frames = frames  # whether whole frames may be compared too
         layout = snap.layouts[j] if j < len(snap.layouts) else None
         self.flagged_layout = layout.thumbnail if layout is not None else None
@@ -954,20 +987,26 @@ class _Verifier:
 
     @property
     def applies(self) -> bool:
-        """The entry's copies verify by keypoints, so its keypoints have a say."""
-        return self.flagged is not None
+        """The entry's keypoints have a say: they may confirm a match, and when its copies
+        verify (``refutes``), refute one."""
+        return self.flagged is not None or self.frame is not None
+
+    @property
+    def verifiable(self) -> bool:
+        """The entry's copies verify by keypoints, so its keypoints refute too."""
+        return self.refutes and self.applies
 
     def run(self) -> int | None:
         """Agreeing keypoints; None when the query has none to compare (too small, too
         plain, or no pixels): then keypoints neither match nor refute."""
-        if not self._done and self.flagged is not None:
+        if not self._done and self.applies:
             self._done = True
             px = self.pixels.get()
             features = px.features if px is not None else None
             # Content too small to verify may still sit in a frame that does (a photo
             # padded or cropped until its backdrop looks like a frame).
             if px is not None and (features is not None or (self.frames and px.frame is not None)):
-                self.inliers = self._compare(px, features, self.flagged)
+                self.inliers = self._compare(px, features, self.flagged or (None, None))
                 self.agreement = self._agreement()
         return self.inliers
 
@@ -1123,8 +1162,9 @@ def entry_pixels(image: Image.Image, keypoint_threshold: int) -> dict[str, Any]:
             "pixels_version": PIXELS_VERSION,
         }
     pair = keypoint_features(found), keypoint_features(found, mirror=True)
-    # Only views whose degraded copies verify are kept: one that does not would refute
-    # every copy.
+    # Of a verifiable entry only the views whose degraded copies verify are kept: one that
+    # does not would refute every copy. An entry with no such view keeps them all, to
+    # confirm (many keypoints agreeing on pixels that agree), never to refute.
     content_ok = pair[0] is not None and self_test(image, pair) >= keypoint_threshold
     frame_ok, frame = False, None
     if found.background is not None:  # trimmed: the whole frame is a view of its own
@@ -1136,18 +1176,20 @@ def entry_pixels(image: Image.Image, keypoint_threshold: int) -> dict[str, Any]:
             frame[0] is not None
             and self_test(image, (frame[0], None), whole_frame=True) >= keypoint_threshold
         )
+    verifiable = content_ok or frame_ok
+    keep_content = content_ok or not verifiable
     out: dict[str, Any] = {
         "phashes": [f"{h:016x}" for h in hash_variants(found)],
         "layout": encode_layout(layout_thumbnail(found)),
-        "keypoints": pair[0].encode() if content_ok and pair[0] is not None else "",
-        "keypoints_mirror": pair[1].encode() if content_ok and pair[1] is not None else "",
-        "verifiable": content_ok or frame_ok,
+        "keypoints": pair[0].encode() if keep_content and pair[0] is not None else "",
+        "keypoints_mirror": pair[1].encode() if keep_content and pair[1] is not None else "",
+        "verifiable": verifiable,
         "pixels_version": PIXELS_VERSION,
         "keypoints_frame": "",
         "keypoints_frame_mirror": "",
         "layout_frame": "",
     }
-    if frame is not None and frame[0] is not None and (content_ok or frame_ok):
+    if frame is not None and frame[0] is not None:
         out["keypoints_frame"] = frame[0].encode()
         out["keypoints_frame_mirror"] = frame[1].encode() if frame[1] is not None else ""
         out["layout_frame"] = encode_layout(layout_thumbnail(whole))

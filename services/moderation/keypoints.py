@@ -13,8 +13,9 @@ agrees by keypoints, not by pixels.
 
 Not every picture has repeatable keypoints (flat renders, silhouettes): when a flagged
 image is added, a degraded copy of it is verified against it (``self_test``); only an
-image that passes is "verifiable", and only then do keypoints decide for or against the
-other pixel signals.
+image that passes is "verifiable", and only then may its keypoints refute what the other
+pixel signals say; the keypoints of one that does not are kept to confirm (many agreeing
+on pixels that agree), never to refute.
 """
 
 from __future__ import annotations
