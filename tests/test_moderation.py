@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 from demo.photos import real_photos
 from demo.synth import Product, render
 from services.audit import RedisAuditLog, SqliteAuditLog
+from services.images import decode_image
 from services.index.edge import EdgeIndex
 from services.moderation.content import Content, content
 from services.moderation.flagged import (
@@ -884,3 +885,25 @@ def _features(seed: int) -> Features:
         rng.integers(0, 255, (40, 32), dtype=np.uint8),
         (320.0, 320.0),
     )
+
+
+def test_a_check_embeds_an_image_as_ingest_does(
+    encoder,  # type: ignore[no-untyped-def]
+    photos: dict[str, Image.Image],
+    tmp_path: Path,
+) -> None:
+    """``/moderate`` decodes a large JPEG at the model's input size for its vector, as an
+    upload is decoded on ingest, and at PIXEL_SIDE for its pixel signals: the same bytes
+    get the same cosine to an entry whichever way they arrive."""
+    index = EdgeIndex(tmp_path / "flagged")
+    index.ensure_collection("flagged", encoder.identity)
+    flagged = FlaggedSet(encoder, index, "flagged", ModerationSettings(), ImageLimits())
+    flagged.add_text("a photo of a cat", "prohibited", "test", threshold=-1.0)  # always fires
+    data = jpeg(photos["chelsea"].resize((1600, 1200)), 90)
+    [match] = flagged.check_bytes(data).matches
+    limits = ImageLimits()
+    text = encoder.encode_texts(["a photo of a cat"])[0]
+    as_ingest = encoder.encode_images([decode_image(data, limits, encoder.input_size).image])[0]
+    at_pixel_side = encoder.encode_images([decode_image(data, limits, 640).image])[0]
+    assert match.score == pytest.approx(float(as_ingest @ text), abs=1e-6)
+    assert abs(float(at_pixel_side @ text) - match.score) > 1e-6  # the two decodes differ

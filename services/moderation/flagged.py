@@ -910,10 +910,16 @@ class FlaggedSet:
         Raises:
             InvalidImage: refused like any upload.
         """
-        decoded = decode_image(
-            data, self.limits, min_side=max(self.encoder.input_size or 0, PIXEL_SIDE)
+        decoded = decode_image(data, self.limits, min_side=PIXEL_SIDE)
+        # Embedded as ingest embeds it (decoded at the model's input size, JPEG DCT scaling
+        # and all), so a check and an upload of the same bytes get the same cosine.
+        size = self.encoder.input_size
+        model_input = (
+            decode_image(data, self.limits, min_side=size).image
+            if size is not None and size < PIXEL_SIDE
+            else decoded.image
         )
-        vector = self.encoder.encode_images([decoded.image])[0]
+        vector = self.encoder.encode_images([model_input])[0]
         return self.check(
             vector[None, :],
             pixels_of=lambda _: Pixels.of(decoded.image),
