@@ -159,6 +159,13 @@ def test_content_trims_frames_and_captions_but_keeps_scenes() -> None:
         )
         found = content(backdrop)
         assert found is not None and found.image.size == (120, 90), (text, found)
+    # When the heaviest shape is itself a band (a poster's lines), every line is content.
+    poster = Image.new("RGB", (480, 320), (250, 220, 40))
+    draw = ImageDraw.Draw(poster)
+    for at, text, size in (((40, 60), "GRAND OPENING", 40), ((40, 200), "Saturday 10-4", 30)):
+        draw.text(at, text, fill="black", font_size=size, stroke_width=3, stroke_fill="black")
+    found = content(poster)
+    assert found is not None and found.image.height >= 170  # both lines, 140 px apart
     # A photo with no plain frame is kept whole; a blank canvas has no content at all.
     scene = Image.fromarray(rng.integers(0, 255, (200, 300, 3), dtype=np.uint8))
     found = content(scene)
@@ -825,16 +832,10 @@ def test_an_entry_that_does_not_verify_confirms_by_keypoints_and_never_refutes(
     tmp_path: Path,
 ) -> None:
     """A flat render's degraded copies do not verify, so its keypoints may not refute, but
-    they are kept: a copy whose caption moved its hash (and, with the demo model, its
-    embedding) is still confirmed by many keypoints on pixels that agree."""
-    index = EdgeIndex(tmp_path / "flagged")
-    index.ensure_collection("flagged", encoder.identity)
-    flagged = FlaggedSet(
-        encoder, index, "flagged", ModerationSettings(image_threshold=1.0), ImageLimits()
-    )
+    they are kept: a copy whose caption moved its hash is still confirmed by many
+    keypoints on pixels that agree, together with a borderline cosine (renders on one
+    backdrop agree by their keypoints alone)."""
     original = render(Product("skirt", "green", "plain"), 70_000_003, size=320)
-    entry = flagged.add_image(jpeg(original, 95), "prohibited", "test")
-    assert not entry.verifiable and entry.keypoints  # kept, to confirm only
     captioned = original.copy()
     ImageDraw.Draw(captioned).text(
         (20, 250),
@@ -844,13 +845,32 @@ def test_an_entry_that_does_not_verify_confirms_by_keypoints_and_never_refutes(
         stroke_width=2,
         stroke_fill="black",
     )
-    for copy in (captioned, ImageOps.mirror(original)):
-        verdict = flagged.check_bytes(jpeg(copy, 85))
+    copies = [jpeg(c, 85) for c in (captioned, ImageOps.mirror(original))]
+    vectors = encoder.encode_images(
+        [Image.open(io.BytesIO(d)).convert("RGB") for d in (jpeg(original, 95), *copies)]
+    )
+    lowest = float((vectors[1:] @ vectors[0]).min())
+
+    def flagged_with(margin: float) -> FlaggedSet:
+        index = EdgeIndex(tmp_path / f"flagged-{margin}")
+        index.ensure_collection("flagged", encoder.identity)
+        policy = ModerationSettings(image_threshold=1.0, borderline_margin=margin)
+        found = FlaggedSet(encoder, index, "flagged", policy, ImageLimits())
+        entry = found.add_image(jpeg(original, 95), "prohibited", "test")
+        assert not entry.verifiable and entry.keypoints  # kept, to confirm only
+        return found
+
+    flagged = flagged_with(1.0 - lowest + 0.02)
+    for data in copies:
+        verdict = flagged.check_bytes(data)
         assert verdict.quarantined, verdict.matches
         [match] = verdict.matches
-        assert match.signal == "keypoints"
+        assert match.signal == "keypoints+embedding"
         assert (match.keypoints or 0) >= flagged.policy.keypoint_threshold
         assert (match.keypoint_agreement or 0) >= flagged.policy.keypoint_agreement_threshold
+    # Without a borderline cosine the keypoints of such an entry confirm nothing.
+    strict = flagged_with(max(0.0, (1.0 - lowest) / 2 - 0.01))
+    assert not any(strict.check_bytes(data).quarantined for data in copies)
     # Other renders are not confirmed; and the entry's keypoints, few as agree with them,
     # refute nothing.
     snap = flagged.snapshot()

@@ -419,7 +419,8 @@ class MatchOut(BaseModel):
     phash_distance: int | None = Field(description="Bits differing from the closest hash.")
     signal: str = Field(
         description=(
-            "Which rule matched: exact, embedding, keypoints, layout, phash or phash+embedding."
+            "Which rule matched: exact, embedding, keypoints, keypoints+embedding, layout, "
+            "phash or phash+embedding."
         )
     )
     layout: float | None = Field(

@@ -108,15 +108,16 @@ def _box(differs: np.ndarray) -> tuple[int, int, int, int] | None:
         light[:] = False  # many shapes of every size: a scene or a texture, keep it whole
     # A line or two of text typed over the backdrop beside the object: low, long bands,
     # light whatever they weigh (bold letters with an outline weigh a quarter of a
-    # product). More of them, or one heavier than the object, are a pattern: kept.
+    # product). More of them, or heavier than the object, are a pattern: kept.
     width, height = stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT]
     line = (
         (weight > 0)
         & (height <= CAPTION_HEIGHT * differs.shape[0])
         & (width >= CAPTION_ASPECT * height)
     )
-    line[int(np.argmax(weight))] = False
-    if 0 < line.sum() <= MAX_CAPTIONS and weight[line].sum() < weight.max():
+    heaviest = int(np.argmax(weight))
+    # When the object itself is a band (a strip, a line of a poster), text is content.
+    if not line[heaviest] and 0 < line.sum() <= MAX_CAPTIONS and weight[line].sum() < weight.max():
         light |= line
     keep = np.flatnonzero((weight > 0) & ~light)
     # The kept shapes with their thin parts (a stroke touching them) back.

@@ -31,7 +31,8 @@ entry whose copies verify by keypoints (checked when it is added: ``verifiable``
 ``keypoint_agreement_floor``, or ``keypoint_floor`` keypoints agree and the pixels on
 ``keypoint_agreement_threshold`` ("keypoints"; for an entry that is not verifiable,
 whose keypoints are kept to confirm and never refute, ``keypoint_threshold`` of them on
-pixels that agree on ``keypoint_agreement_threshold``); or when the layout agrees on at
+pixels that agree on ``keypoint_agreement_threshold``, with a borderline cosine:
+"keypoints+embedding"); or when the layout agrees on at
 least ``layout_threshold`` ("layout"), or the pHash distance is at most ``phash_strong``
 ("phash") or at most ``phash_weak`` with a borderline cosine ("phash+embedding") — the
 hash rules only where the layout was compared and reaches ``layout_floor`` (or, in a
@@ -244,7 +245,8 @@ class Match:
     score: float
     threshold: float
     phash_distance: int | None
-    signal: str  # exact | embedding | keypoints | layout | phash | phash+embedding
+    # exact | embedding | keypoints | keypoints+embedding | layout | phash | phash+embedding
+    signal: str
     layout: float | None = None  # aligned-layout agreement, where it was computed
     keypoints: int | None = None  # agreeing keypoints (inliers), where they were compared
     # Share of cells that agree with the image laid over by the keypoints' transform.
@@ -487,7 +489,7 @@ class FlaggedSet:
             InvalidImage: the bytes are refused like any upload.
         """
         decoded = decode_image(data, self.limits)
-        vector = self.encoder.encode_images([decoded.image])[0]
+        vector = self.encoder.encode_images([self._model_input(data, decoded.image)])[0]
         # Kept apart from the catalog's originals (never ingested, never reconciled), so a
         # re-embed with another model can embed the entry again.
         original = self.originals.put(data) if self.originals is not None else ""
@@ -801,19 +803,19 @@ class FlaggedSet:
         p = self.policy
         if score >= threshold - COSINE_ROUNDING:
             return "embedding"
-        if verify.applies and self._keypoints_match(verify):
-            return "keypoints"  # nominated by votes and verified
+        borderline = score >= threshold - p.borderline_margin
+        if verify.applies and self._keypoints_match(verify, borderline):
+            return _keypoint_signal(verify)  # nominated by votes and verified
         hashed = dist is not None and (
-            dist <= p.phash_strong
-            or (dist <= p.phash_weak and score >= threshold - p.borderline_margin)
+            dist <= p.phash_strong or (dist <= p.phash_weak and borderline)
         )
         if verify.applies and (hashed or layout.candidate) and not layout.blind:
             # A candidate's keypoints go first: most candidates are other pictures, refuted
             # by a verifiable entry's keypoints before any layout is aligned; and a copy of
             # one that does not verify (a flat render) may still keep enough to confirm.
             verify.run()
-            if self._keypoints_match(verify):
-                return "keypoints"
+            if self._keypoints_match(verify, borderline):
+                return _keypoint_signal(verify)
             if self._keypoints_refute(verify):
                 return None
         if not (hashed or layout.possible):
@@ -825,36 +827,33 @@ class FlaggedSet:
         elif hashed and dist is not None and (layout.blind or (aligned or 0.0) >= p.layout_floor):
             # Without pixels (an original gone) the stored hash speaks alone.
             signal = "phash" if dist <= p.phash_strong else "phash+embedding"
-        elif (
-            hashed
-            and aligned is None
-            and not verify.verifiable
-            and score >= threshold - p.borderline_margin
-        ):
+        elif hashed and aligned is None and not verify.verifiable and borderline:
             # A flat render (one colour on a plain backdrop) has no layout to compare and
             # no keypoints to verify by: its hash with a borderline cosine is all there is,
             # and both must agree (the hash alone collides between flat shapes).
             signal = "phash+embedding"
         if signal is not None and verify.verifiable:
             verify.run()
-            if self._keypoints_match(verify):
+            if self._keypoints_match(verify, borderline):
                 return "keypoints"
             if self._keypoints_refute(verify):
                 return None  # the keypoints of a verifiable entry disagree: a coincidence
         return signal
 
-    def _keypoints_match(self, verify: _Verifier) -> bool:
-        """Keypoints alone make a match: many agree on one transform and the pixels it
-        lays over mostly agree, or fewer agree and the pixels all but all do. For an
-        entry whose copies do not verify, only many keypoints on pixels that all but all
-        agree: its keypoints are not known to repeat, so a few agreeing say little."""
+    def _keypoints_match(self, verify: _Verifier, borderline: bool) -> bool:
+        """Keypoints make a match: many agree on one transform and the pixels it lays
+        over mostly agree, or fewer agree and the pixels all but all do. For an entry
+        whose copies do not verify, only many keypoints on pixels that all but all agree,
+        with a ``borderline`` cosine: its keypoints are not known to repeat, and renders
+        on one backdrop (the same studio, the same seed) agree by it alone."""
         p = self.policy
         found, agreement = verify.inliers, verify.agreement
         if found is None:
             return False
         if not verify.verifiable:
             return (
-                found >= p.keypoint_threshold
+                borderline
+                and found >= p.keypoint_threshold
                 and agreement is not None
                 and agreement >= p.keypoint_agreement_threshold
             )
@@ -904,6 +903,15 @@ class FlaggedSet:
 
         return self.check(vectors, pixels_of=pixels_of, digests=digests)
 
+    def _model_input(self, data: bytes, decoded: Image.Image) -> Image.Image:
+        """The image as ingest hands it to the model (decoded at the model's input size,
+        JPEG DCT scaling and all), so a flagged image, a check and an upload of the same
+        bytes get the same vector; ``decoded`` when no smaller decode exists."""
+        size = self.encoder.input_size
+        if size is None or min(decoded.size) <= size:
+            return decoded
+        return decode_image(data, self.limits, min_side=size).image
+
     def check_bytes(self, data: bytes) -> Verdict:
         """Check an image that is not stored (``/moderate``).
 
@@ -911,20 +919,17 @@ class FlaggedSet:
             InvalidImage: refused like any upload.
         """
         decoded = decode_image(data, self.limits, min_side=PIXEL_SIDE)
-        # Embedded as ingest embeds it (decoded at the model's input size, JPEG DCT scaling
-        # and all), so a check and an upload of the same bytes get the same cosine.
-        size = self.encoder.input_size
-        model_input = (
-            decode_image(data, self.limits, min_side=size).image
-            if size is not None and size < PIXEL_SIDE
-            else decoded.image
-        )
-        vector = self.encoder.encode_images([model_input])[0]
+        vector = self.encoder.encode_images([self._model_input(data, decoded.image)])[0]
         return self.check(
             vector[None, :],
             pixels_of=lambda _: Pixels.of(decoded.image),
             digests=[sha256_hex(data)],
         )[0]
+
+
+def _keypoint_signal(verify: _Verifier) -> str:
+    """A keypoint match's name: an entry that does not verify needed the cosine too."""
+    return "keypoints" if verify.verifiable else "keypoints+embedding"
 
 
 def _has_views(snap: _Snapshot, j: int) -> bool:
