@@ -58,7 +58,7 @@ from services.moderation.content import content
 from services.moderation.flagged import FlaggedSet
 from services.moderation.keypoints import features as keypoint_features
 from services.moderation.keypoints import two_nearest
-from services.settings import ImageLimits, ModerationSettings, Settings
+from services.settings import ImageLimits, ModerationSettings
 
 # Real photos: which bundled images are flagged, and how.
 FLAGGED_ON_WHITE = ("chelsea", "coffee", "rocket", "astronaut", "coins", "china")
@@ -147,9 +147,7 @@ def measure(world: World, encoder: Encoder, policy: ModerationSettings) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
     index = EdgeIndex(workdir / "index")
     index.ensure_collection("flagged", encoder.identity)
-    # Matching threads as production sets them: the model's share of the cores.
-    threads = Settings().inference_threads
-    flagged = FlaggedSet(encoder, index, "flagged", policy, limits, threads=threads)
+    flagged = FlaggedSet(encoder, index, "flagged", policy, limits)
     t0 = time.perf_counter()
     for data in world.flagged:
         flagged.add_image(data, "prohibited", "bench")
@@ -227,7 +225,10 @@ def matching_speed(world: World, repeat: int = 3) -> None:
 
     def faiss_scan() -> None:
         for a, b in pairs:
-            two_nearest(a, b, cv2.getNumThreads())  # as many threads as OpenCV's
+            two_nearest(a, b)  # one thread, as a check runs it
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # one thread each: a like-for-like comparison
 
     runs: dict[str, list[float]] = {"opencv": [], "faiss": []}
     for _ in range(repeat):  # interleaved, so drift in the VM's speed hits both alike
@@ -235,6 +236,7 @@ def matching_speed(world: World, repeat: int = 3) -> None:
             t0 = time.perf_counter()
             fn()
             runs[name].append((time.perf_counter() - t0) / len(pairs) * 1000)
+    cv2.setNumThreads(threads)
     cv_ms, fa_ms = min(runs["opencv"]), min(runs["faiss"])
     print(
         f"\nkeypoint matching, {len(pairs)} pairs of ~1,000 descriptors ({world.name}): "

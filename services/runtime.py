@@ -331,7 +331,6 @@ def build_runtime(
         settings.moderation,
         limits,
         flagged_originals,
-        threads=settings.inference_threads,
     )
     review = ReviewService(index, collections.images, store, thumbnails, flagged, audit)
     search = SearchService(

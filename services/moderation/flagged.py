@@ -452,10 +452,8 @@ class FlaggedSet:
         policy: ModerationSettings,
         limits: ImageLimits,
         originals: ImageStore | None = None,
-        threads: int = 1,
     ) -> None:
         self.originals = originals
-        self.threads = threads  # for keypoint matching: the model's share of the cores
         self.encoder = encoder
         self.index = index
         self.collection = collection
@@ -715,7 +713,6 @@ class FlaggedSet:
                     views[j] if views else None,
                     frames=j in likeliest
                     or (j in candidates and (blind_votes or not _has_views(snap, j))),
-                    threads=self.threads,
                 )
                 layout = _Layout(snap, j, pixels, j in candidates)
                 if exact:
@@ -977,9 +974,7 @@ class _Verifier:
         enough: int,
         votes: tuple[int, int] | None = None,
         frames: bool = True,
-        threads: int = 1,
     ) -> None:
-        self.threads = threads
         self.flagged = snap.features[j] if j < len(snap.features) else None
         self.refutes = bool(snap.refutes[j]) if j < len(snap.refutes) else False
         self.frames = frames  # whether whole frames may be compared too
@@ -1070,7 +1065,7 @@ class _Verifier:
             ):
                 break
             pairing = _Pairing(
-                geometric(query, features, self.threads),
+                geometric(query, features),
                 query,
                 px.layout,
                 features,
@@ -1093,7 +1088,7 @@ class _Verifier:
             if query_frame is None or features is None or best >= self.enough:
                 continue
             pairing = _Pairing(
-                geometric(query_frame, features, self.threads),
+                geometric(query_frame, features),
                 query_frame,
                 query_layout,
                 features,

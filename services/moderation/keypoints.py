@@ -110,15 +110,19 @@ def features(found: Content, mirror: bool = False) -> Features | None:
     )
 
 
-def two_nearest(
-    query: np.ndarray, flagged: np.ndarray, threads: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
+def two_nearest(query: np.ndarray, flagged: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Hamming distances to, and indices of, each query descriptor's two nearest flagged
     descriptors: an exact scan, as OpenCV's brute-force matcher does, but with hardware
     popcounts (faiss's binary flat index): 3-5x faster on a 1000 x 1000 comparison, the
-    dearest step of a moderation check. ``threads``: OpenMP threads for this call (the
-    setting is per calling thread, so every call states its own)."""
-    faiss.omp_set_num_threads(max(1, threads))
+    dearest step of a moderation check.
+
+    One OpenMP thread, always (the setting is per calling thread, so every call states
+    it). faiss ships its own libgomp beside torch's: after a model forward pass in the
+    same process, two faiss threads wait at each barrier for a core another process (a
+    second worker, a busy neighbour) holds, and a 2 ms scan took 14 ms with one busy
+    process beside it and 750 ms under a niced model job. Two threads save under 1 ms
+    on an idle machine."""
+    faiss.omp_set_num_threads(1)
     index = faiss.IndexBinaryFlat(flagged.shape[1] * 8)
     index.add(np.ascontiguousarray(flagged, dtype=np.uint8))
     dist, nearest = index.search(np.ascontiguousarray(query, dtype=np.uint8), 2)
@@ -131,12 +135,12 @@ def inliers(query: Features, flagged: Features) -> int:
     return geometric(query, flagged).inliers
 
 
-def geometric(query: Features, flagged: Features, threads: int = 1) -> Geometric:
+def geometric(query: Features, flagged: Features) -> Geometric:
     """The rotation + scale + shift most of the query's matched keypoints agree on, and
     how many do."""
     if len(flagged) < 2:
         return Geometric(0)
-    dist, nearest = two_nearest(query.descriptors, flagged.descriptors, threads)
+    dist, nearest = two_nearest(query.descriptors, flagged.descriptors)
     good = np.flatnonzero(dist[:, 0] < RATIO * dist[:, 1])
     if len(good) < 8:
         return Geometric(0)
