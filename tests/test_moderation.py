@@ -336,9 +336,13 @@ def test_decision_rule_with_layout(encoder) -> None:  # type: ignore[no-untyped-
 
     copy = layout_of(Image.open(io.BytesIO(cropped_captioned(photo(3)))))
     other = layout_of(photo(4))
-    [match] = verdict(0.1, 18, copy).matches  # far hash, low cosine: the layout decides
-    assert match.signal == "layout" and match.layout is not None and match.layout >= 0.86
-    assert not verdict(0.1, 18, other).quarantined
+    # The entry has no keypoints to refute a coincidence with: a far hash and a layout
+    # that agrees quarantine with a borderline cosine, never by the layout alone.
+    [match] = verdict(0.81, 18, copy).matches
+    assert match.signal == "layout+embedding" and match.layout is not None
+    assert match.layout >= 0.86
+    assert not verdict(0.79, 18, copy).quarantined
+    assert not verdict(0.81, 18, other).quarantined
     # Hash collisions the layout refutes: same colours upside down, or another photo.
     assert not verdict(0.1, 5, np.ascontiguousarray(own[::-1])).quarantined
     assert not verdict(0.1, 5, other).quarantined
@@ -480,6 +484,13 @@ def test_warped_agreement_compares_pixels_a_transform_lays_over(
     assert warped_agreement(other, size, flagged, size, transform) < 0.6
     wrong = _similarity(0.0, 1.0, (80.0, 60.0))
     assert warped_agreement(copy, size, flagged, size, wrong) < 0.6
+    # An opaque caption bar across the top fifth: the rest still agrees (standardised over
+    # the cells that agree best, not over a bar that shifts every statistic).
+    for colour in (0, 255):
+        barred = moved.copy()
+        barred[:48] = colour
+        assert warped_agreement(thumb(barred), size, flagged, size, transform) >= 0.75
+        assert warped_agreement(thumb(barred), size, other, size, transform) < 0.6
 
 
 def test_repeated_patterns_need_the_pixels_to_agree(encoder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

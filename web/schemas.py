@@ -420,7 +420,7 @@ class MatchOut(BaseModel):
     signal: str = Field(
         description=(
             "Which rule matched: exact, embedding, keypoints, keypoints+embedding, layout, "
-            "phash or phash+embedding."
+            "layout+embedding, phash or phash+embedding."
         )
     )
     layout: float | None = Field(

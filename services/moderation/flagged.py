@@ -33,7 +33,8 @@ entry whose copies verify by keypoints (checked when it is added: ``verifiable``
 whose keypoints are kept to confirm and never refute, ``keypoint_threshold`` of them on
 pixels that agree on ``keypoint_agreement_threshold``, with a borderline cosine:
 "keypoints+embedding"); or when the layout agrees on at
-least ``layout_threshold`` ("layout"), or the pHash distance is at most ``phash_strong``
+least ``layout_threshold`` ("layout"; for an entry that is not verifiable, with a
+borderline cosine: "layout+embedding"), or the pHash distance is at most ``phash_strong``
 ("phash") or at most ``phash_weak`` with a borderline cosine ("phash+embedding") — the
 hash rules only where the layout was compared and reaches ``layout_floor`` (or, in a
 scan whose original is gone, on the stored hash alone). For a verifiable entry the
@@ -245,7 +246,8 @@ class Match:
     score: float
     threshold: float
     phash_distance: int | None
-    # exact | embedding | keypoints | keypoints+embedding | layout | phash | phash+embedding
+    # exact | embedding | keypoints | keypoints+embedding | layout | layout+embedding | phash |
+    # phash+embedding
     signal: str
     layout: float | None = None  # aligned-layout agreement, where it was computed
     keypoints: int | None = None  # agreeing keypoints (inliers), where they were compared
@@ -819,8 +821,15 @@ class FlaggedSet:
             return None
         aligned = layout.score()
         signal = None
-        if aligned is not None and aligned >= p.layout_threshold:
-            signal = "layout"
+        # Smooth, low-detail pictures (a wall, a face, a sky, a flat shape) align with one
+        # another: for an entry whose keypoints cannot refute such a coincidence, the
+        # cosine must agree too.
+        if (
+            aligned is not None
+            and aligned >= p.layout_threshold
+            and (verify.verifiable or borderline)
+        ):
+            signal = "layout" if verify.verifiable else "layout+embedding"
         elif hashed and dist is not None and (layout.blind or (aligned or 0.0) >= p.layout_floor):
             # Without pixels (an original gone) the stored hash speaks alone.
             signal = "phash" if dist <= p.phash_strong else "phash+embedding"

@@ -307,6 +307,8 @@ def _aligned(query: _View, target: _View, grey: bool, coarse: tuple[np.ndarray, 
 
 
 WARP_CELLS = 16  # the grid (of SIDE / WARP_CELLS px cells) a keypoint match is checked on
+REFITS = 2  # passes standardising again over the cells that agree best...
+REFIT_SHARE = 0.7  # ...this share of the covered cells
 
 
 def warped_agreement(
@@ -364,6 +366,13 @@ def warped_agreement(
     if grey:
         q, f = q.mean(axis=-1, keepdims=True), f.mean(axis=-1, keepdims=True)
     q, f = _standardised(q, inside), _standardised(f, inside)
+    # An opaque caption bar or a sticker shifts the statistics of the image it covers, and
+    # with them every cell's standardised colour: standardise again over the cells that
+    # agree best (both images over the same cells, so neither is flattened onto the other).
+    for _ in range(REFITS):
+        apart = np.abs(q - f).max(axis=-1)
+        best = inside & (apart <= np.quantile(apart[inside], REFIT_SHARE))
+        q, f = _standardised(q, best), _standardised(f, best)
     agree = (np.abs(q - f).max(axis=-1) <= TOLERANCE) & inside
     return float(agree.sum() / inside.sum())
 
