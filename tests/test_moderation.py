@@ -33,6 +33,7 @@ from services.moderation.flagged import (
     _Lazy,
     _Snapshot,
     _Verifier,
+    _vote,
     _voting_views,
     hamming,
     hash_variants,
@@ -899,18 +900,48 @@ def test_an_entry_that_does_not_verify_confirms_by_keypoints_and_never_refutes(
         assert not flagged._keypoints_refute(verify)
 
 
-def test_an_entry_verified_by_its_frame_alone_is_voted_for() -> None:
-    """An entry whose content has too few keypoints but whose whole frame verifies gets
-    votes through its frame's views (or it would be compared only as a candidate of the
-    embedding, hash or colours, all of which a caption can move)."""
+def test_an_entry_is_voted_for_through_its_content_and_its_frame() -> None:
+    """Votes go to an entry's content and its mirror, and to its whole frame and the
+    frame's mirror: an entry whose content has too few keypoints gets votes through its
+    frame alone, and a copy whose content box moved (a rotation's filled corners, a
+    frame around the canvas) still votes at the frame's scale."""
     content_views = (_features(1), _features(2))
     frame = _Frame(_features(3), _features(4), np.zeros((8, 8, 3), np.uint8))
+    both = _EntryPixels(np.zeros(0, np.uint64), None, np.zeros(1), content_views, frame)
+    assert _voting_views(both) == (*content_views, frame.features, frame.mirror)
     assert _voting_views(
         _EntryPixels(np.zeros(0, np.uint64), None, np.zeros(1), content_views)
-    ) == (content_views)
+    ) == (*content_views, None, None)
     frame_only = _EntryPixels(np.zeros(0, np.uint64), None, np.zeros(1), None, frame, True)
-    assert _voting_views(frame_only) == (frame.features, frame.mirror)
+    assert _voting_views(frame_only) == (None, None, frame.features, frame.mirror)
     assert _voting_views(_EntryPixels(np.zeros(0, np.uint64), None, np.zeros(1), None)) is None
+
+
+def test_a_copy_rotated_with_filled_corners_is_voted_for_through_the_frame(
+    encoder, photos: dict[str, Image.Image], tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A photo of a small object on white, rotated with its corners filled black: the
+    black corners keep the content box from shrinking to the object, so the copy's
+    keypoints are at the frame's scale, and only the entry's frame views collect its
+    votes; with them the copy's entry is the one nominated (and mirror votes count for
+    the mirror)."""
+    flagged = _real_set(encoder, tmp_path)
+    shot = _on_white(photos["chelsea"].crop((60, 20, 360, 280)), 220, (160, 150))
+    for name in ("coffee", "rocket", "camera"):
+        flagged.add_image(jpeg(_on_white(photos[name], 300, (90, 90)), 95), "x", "test")
+    entry = flagged.add_image(jpeg(shot, 95), "prohibited", "test")
+    snap = flagged.snapshot()
+    j = [e.id for e in snap.entries].index(entry.id)
+    for copy, mirrored in (
+        (shot.rotate(4, Image.Resampling.BICUBIC, expand=True, fillcolor="black"), False),
+        (ImageOps.mirror(shot).rotate(-4, Image.Resampling.BICUBIC, fillcolor="black"), True),
+    ):
+        pixels = Pixels.of(Image.open(io.BytesIO(jpeg(copy, 85))).convert("RGB"))
+        assert pixels.features is not None
+        ranked, views = _vote(pixels.features, snap, 4)
+        assert ranked[:1] == [j]
+        assert (views[j][1] > views[j][0]) is mirrored
+        assert flagged.check_bytes(jpeg(copy, 85)).quarantined
 
 
 def _features(seed: int) -> Features:

@@ -111,6 +111,7 @@ VOTE_CHECKS = 32
 # 3: the keypoints of entries that do not verify, kept to confirm).
 PIXELS_VERSION = 3
 VOTERS = 300  # about this many of a query's keypoints vote (a copy's win by dozens)
+VIEWS = 4  # voting views per entry: content, its mirror, frame, the frame's mirror
 # An entry's mirror view is matched after the entry itself falls short only when the
 # query's keypoints gave the mirror this many votes: a mirrored copy gives it dozens.
 MIN_VIEW_VOTES = 2
@@ -410,29 +411,29 @@ def _parts(entry: FlaggedEntry) -> _EntryPixels:
     )
 
 
-def _voting_views(parts: _EntryPixels) -> tuple[Features | None, Features | None] | None:
-    """The views a query's keypoints vote for: the entry's content and its mirror; for an
-    entry whose whole frame alone verifies (a flat render: its content has too few
-    keypoints of its own), the frame and its mirror, or it would be compared only when
-    its embedding, hash or colours made it a candidate, and a caption can move all three.
-    """
-    if parts.features is not None and any(view is not None for view in parts.features):
-        return parts.features
-    if parts.frame is not None:
-        return parts.frame.features, parts.frame.mirror
-    return None
+def _voting_views(parts: _EntryPixels) -> tuple[Features | None, ...] | None:
+    """The views a query's keypoints vote for (``VIEWS`` of them, None where absent): the
+    entry's content and its mirror, and its whole frame and the frame's mirror. A copy
+    whose content box moved (corners a rotation filled with another colour, a frame
+    around the canvas, a caption that joined the object) keeps the frame's scale, not
+    the content's, and its keypoints vote for the frame; an entry whose frame alone
+    verifies (a flat render) gets votes only there."""
+    content = parts.features or (None, None)
+    frame = (parts.frame.features, parts.frame.mirror) if parts.frame is not None else (None, None)
+    views = (*content, *frame)
+    return views if any(view is not None for view in views) else None
 
 
 def _vote_index(
-    features: Sequence[tuple[Features | None, Features | None] | None],
+    features: Sequence[tuple[Features | None, ...] | None],
 ) -> tuple[Any, np.ndarray | None]:
     """An LSH index over every entry's voting descriptors, and each one's owner:
-    ``2 * entry + view`` (view 0 the entry, 1 its mirror)."""
+    ``VIEWS * entry + view`` (views as ``_voting_views`` gives them)."""
     stacked = [
-        (f.descriptors, np.full(len(f), 2 * j + view))
-        for j, pair in enumerate(features)
-        if pair is not None
-        for view, f in enumerate(pair)
+        (f.descriptors, np.full(len(f), VIEWS * j + view))
+        for j, views in enumerate(features)
+        if views is not None
+        for view, f in enumerate(views)
         if f is not None
     ]
     if not stacked:
@@ -1151,17 +1152,18 @@ class _Layout:
 
 def _vote(query: Features, snap: _Snapshot, k: int) -> tuple[list[int], list[tuple[int, int]]]:
     """The entries most of a query's keypoints find their nearest descriptor in, and per
-    entry the votes of its two views (itself, its mirror)."""
+    entry the votes for it as it is and for its mirror (content and frame views alike)."""
     assert snap.vote_index is not None and snap.vote_owners is not None
     step = max(1, len(query) // VOTERS)
     with snap.vote_lock:
         found = snap.vote_index.knnMatch(np.ascontiguousarray(query.descriptors[::step]), k=1)
     nearest = [m[0] for m in found if m]
     owners = [int(snap.vote_owners[m.trainIdx]) for m in nearest if m.distance <= VOTE_DISTANCE]
-    per_view = np.bincount(owners, minlength=2 * len(snap.entries)).reshape(-1, 2)
+    per_view = np.bincount(owners, minlength=VIEWS * len(snap.entries)).reshape(-1, VIEWS)
     counts = per_view.sum(axis=1)
     ranked = [int(j) for j in np.argsort(-counts)[:k] if counts[j] >= MIN_VOTES]
-    return ranked, [(int(a), int(b)) for a, b in per_view]
+    upright, mirrored = per_view[:, 0::2].sum(axis=1), per_view[:, 1::2].sum(axis=1)
+    return ranked, [(int(a), int(b)) for a, b in zip(upright, mirrored, strict=True)]
 
 
 def entry_pixels(image: Image.Image, keypoint_threshold: int) -> dict[str, Any]:
