@@ -230,6 +230,14 @@ class ModerationSettings(BaseModel):
     layout_floor: float = Field(
         default=0.6, ge=0.0, le=1.0, description="Layout agreement a pHash match needs."
     )
+    layout_veto: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Layout agreement under which a match by fewer than keypoint_threshold "
+        "keypoints is refused (where both layouts can be compared): two posters in one "
+        "typeface agree on a few glyphs, not on where their text lies.",
+    )
     keypoint_threshold: int = Field(
         default=40,
         ge=1,

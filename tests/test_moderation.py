@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from PIL import Image, ImageDraw, ImageEnhance, ImageOps
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
 from demo.photos import real_photos
 from demo.synth import Product, render
@@ -355,6 +356,20 @@ def test_decision_rule_with_layout(encoder) -> None:  # type: ignore[no-untyped-
     blue = np.zeros((SIDE, SIDE, 4), dtype=np.uint8)
     blue[..., 2] = 255
     assert not verdict(0.1, 5, blue).quarantined
+    # An entry that is not verifiable keeps its keypoints: when as many as
+    # keypoint_threshold agree on pixels that agree, they confirm its layout as a
+    # verifiable entry's would, without the cosine ("layout").
+    kept = _features(7)
+    confirming = dataclasses.replace(snap, features=[(kept, None)], frames=[None], refutes=[False])
+
+    def with_keypoints(features: Features | None):  # type: ignore[no-untyped-def]
+        pixels = Pixels(phash=base ^ ((1 << 18) - 1), layout=own, features=features)
+        vec = np.array([[0.1, np.sqrt(0.99)]])
+        return flagged.check(vec, pixels_of=lambda i: pixels, snapshot=confirming)[0]
+
+    [match] = with_keypoints(kept).matches
+    assert match.signal == "layout" and (match.keypoints or 0) >= policy.keypoint_threshold
+    assert not with_keypoints(None).quarantined
 
 
 def test_colour_histogram_soft_binning() -> None:
@@ -973,3 +988,66 @@ def test_a_check_embeds_an_image_as_ingest_does(
     at_pixel_side = encoder.encode_images([decode_image(data, limits, 640).image])[0]
     assert match.score == pytest.approx(float(as_ingest @ text), abs=1e-6)
     assert abs(float(at_pixel_side @ text) - match.score) > 1e-6  # the two decodes differ
+
+
+def _poster(lines: tuple[str, ...], size: int = 64, top: float = 0.35) -> Image.Image:
+    """Black text on a yellow poster, in Pillow's bundled typeface."""
+    image = Image.new("RGB", (480, 600), (250, 220, 60))
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=size)
+    for i, text in enumerate(lines):
+        width = draw.textlength(text, font=font)
+        draw.text(((480 - width) / 2, top * 600 + i * size * 1.3), text, font=font, fill="black")
+    return image
+
+
+@pytest.mark.parametrize("veto", [0.0, None])
+def test_posters_in_one_typeface_are_not_copies_of_each_other(
+    encoder, tmp_path: Path, veto: float | None
+) -> None:  # type: ignore[no-untyped-def]
+    """Two posters in one typeface agree on a dozen or two glyph keypoints, and on the
+    plain backdrop between them: the pixels under the keypoints' transform agree too.
+    Where their text lies does not: fewer than keypoint_threshold keypoints with an
+    aligned layout under layout_veto are a coincidence. With the veto off (0), the same
+    posters are quarantined, which is what the veto is for; the poster's own copies are
+    caught either way."""
+    index = EdgeIndex(tmp_path / "flagged")
+    index.ensure_collection("flagged", encoder.identity)
+    policy = ModerationSettings(image_threshold=1.0)
+    if veto is not None:
+        policy = policy.model_copy(update={"layout_veto": veto})
+    flagged = FlaggedSet(encoder, index, "flagged", policy, ImageLimits())
+    source = _poster(("SUMMER", "SALE"))
+    assert flagged.add_image(jpeg(source, 95), "prohibited", "test").verifiable
+    others = [
+        (("MUSIC", "GARDEN"), 64, 0.258),
+        (("CLASS", "JAZZ"), 56, 0.374),
+        (("SHOW", "CLUB"), 56, 0.312),
+        (("CRAFT", "OPEN"), 72, 0.316),
+        (("RUN", "CITY"), 72, 0.302),
+        (("SHOW", "ROCK"), 72, 0.25),
+        (("OPEN", "CLUB"), 64, 0.313),
+        (("BREAD", "CLASS"), 56, 0.288),
+        (("MARKET", "ROCK"), 64, 0.418),
+        (("WINTER", "YOGA"), 72, 0.412),
+        (("SHOW", "FAIR"), 56, 0.315),
+        (("MUSIC", "FRESH"), 56, 0.253),
+    ]
+    quarantined = [
+        lines
+        for lines, size, top in others
+        if flagged.check_bytes(jpeg(_poster(lines, size, top), 90)).quarantined
+    ]
+    if veto == 0.0:
+        assert len(quarantined) >= len(others) // 2
+    else:
+        assert quarantined == []
+    copies = [
+        jpeg(source, 40),
+        jpeg(source.crop((20, 30, 470, 560)), 85),
+        jpeg(ImageOps.mirror(source), 85),
+        jpeg(source.resize((300, 375)), 85),
+        jpeg(source.rotate(4, Image.Resampling.BICUBIC, fillcolor=(250, 220, 60)), 85),
+    ]
+    for data in copies:
+        assert flagged.check_bytes(data).quarantined

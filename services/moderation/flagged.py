@@ -804,7 +804,11 @@ class FlaggedSet:
         if score >= threshold - COSINE_ROUNDING:
             return "embedding"
         borderline = score >= threshold - p.borderline_margin
-        if verify.applies and self._keypoints_match(verify, borderline):
+        if (
+            verify.applies
+            and self._keypoints_match(verify, borderline)
+            and not self._layout_contradicts(verify, layout)
+        ):
             return _keypoint_signal(verify)  # nominated by votes and verified
         hashed = dist is not None and (
             dist <= p.phash_strong or (dist <= p.phash_weak and borderline)
@@ -815,8 +819,9 @@ class FlaggedSet:
             # one that does not verify (a flat render) may still keep enough to confirm.
             verify.run()
             if self._keypoints_match(verify, borderline):
-                return _keypoint_signal(verify)
-            if self._keypoints_refute(verify):
+                if not self._layout_contradicts(verify, layout):
+                    return _keypoint_signal(verify)
+            elif self._keypoints_refute(verify):
                 return None
         if not (hashed or layout.possible):
             return None
@@ -825,12 +830,14 @@ class FlaggedSet:
         # Smooth, low-detail pictures (a wall, a face, a sky, a flat shape) align with one
         # another: for an entry whose keypoints cannot refute such a coincidence, the
         # cosine must agree too.
-        if (
-            aligned is not None
-            and aligned >= p.layout_threshold
-            and (verify.verifiable or borderline)
-        ):
-            signal = "layout" if verify.verifiable else "layout+embedding"
+        # An entry that is not verifiable: many keypoints on pixels that agree confirm its
+        # layout as a verifiable entry's do, else the cosine must.
+        confirmed = verify.verifiable or (
+            (verify.inliers or 0) >= p.keypoint_threshold
+            and (verify.agreement is None or verify.agreement >= p.keypoint_agreement_floor)
+        )
+        if aligned is not None and aligned >= p.layout_threshold and (confirmed or borderline):
+            signal = "layout" if confirmed else "layout+embedding"
         elif hashed and dist is not None and (layout.blind or (aligned or 0.0) >= p.layout_floor):
             # Without pixels (an original gone) the stored hash speaks alone.
             signal = "phash" if dist <= p.phash_strong else "phash+embedding"
@@ -871,6 +878,16 @@ class FlaggedSet:
             and agreement is not None
             and agreement >= p.keypoint_agreement_threshold
         )
+
+    def _layout_contradicts(self, verify: _Verifier, layout: _Layout) -> bool:
+        """Fewer than ``keypoint_threshold`` agreeing keypoints are a coincidence of shared
+        detail (one typeface in two posters: their glyphs agree, and the plain backdrop
+        between them agrees on the pixels) when the aligned layouts, where both carry
+        enough content to compare, disagree: under ``layout_veto``."""
+        if verify.inliers is None or verify.inliers >= self.policy.keypoint_threshold:
+            return False
+        aligned = layout.score()
+        return aligned is not None and aligned < self.policy.layout_veto
 
     def _keypoints_refute(self, verify: _Verifier) -> bool:
         """A verifiable entry's keypoints say the image is another picture: too few agree,
