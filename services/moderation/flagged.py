@@ -33,15 +33,19 @@ entry whose copies verify by keypoints (checked when it is added: ``verifiable``
 whose keypoints are kept to confirm and never refute, ``keypoint_threshold`` of them on
 pixels that agree on ``keypoint_agreement_threshold``, with a borderline cosine:
 "keypoints+embedding"); or when the layout agrees on at
-least ``layout_threshold`` ("layout"; for an entry that is not verifiable, with a
-borderline cosine: "layout+embedding"), or the pHash distance is at most ``phash_strong``
+least ``layout_threshold`` ("layout"; for an entry that is not verifiable, only with
+``keypoint_threshold`` of its kept keypoints agreeing, or else with a borderline cosine:
+"layout+embedding"), or the pHash distance is at most ``phash_strong``
 ("phash") or at most ``phash_weak`` with a borderline cosine ("phash+embedding") — the
 hash rules only where the layout was compared and reaches ``layout_floor`` (or, in a
 scan whose original is gone, on the stored hash alone). For a verifiable entry the
 layout and hash rules also need ``keypoint_floor`` agreeing keypoints whose transform
 lays agreeing pixels over the entry: a layout or hash coincidence between two different
-pictures is common, one their keypoints confirm is not. An image with too little content
-(a uniform colour, a texture) cannot match by layout or hash at all.
+pictures is common, one their keypoints confirm is not. Fewer than ``keypoint_threshold``
+agreeing keypoints are refused where the aligned layouts disagree (under
+``layout_veto``): a few glyphs of one typeface agree between any two posters. An image
+with too little content (a uniform colour, a texture) cannot match by layout or hash at
+all.
 
 Cost: the embedding is one matrix product; keypoint votes are one approximate
 nearest-neighbour pass (LSH); layouts are aligned, and keypoints verified, only for the
@@ -828,10 +832,9 @@ class FlaggedSet:
         aligned = layout.score()
         signal = None
         # Smooth, low-detail pictures (a wall, a face, a sky, a flat shape) align with one
-        # another: for an entry whose keypoints cannot refute such a coincidence, the
-        # cosine must agree too.
-        # An entry that is not verifiable: many keypoints on pixels that agree confirm its
-        # layout as a verifiable entry's do, else the cosine must.
+        # another. For an entry whose keypoints cannot refute such a coincidence, many of
+        # its kept keypoints agreeing on pixels that agree confirm the layout (as a
+        # verifiable entry's would), or else the cosine must.
         confirmed = verify.verifiable or (
             (verify.inliers or 0) >= p.keypoint_threshold
             and (verify.agreement is None or verify.agreement >= p.keypoint_agreement_floor)
@@ -887,7 +890,10 @@ class FlaggedSet:
         if verify.inliers is None or verify.inliers >= self.policy.keypoint_threshold:
             return False
         aligned = layout.score()
-        return aligned is not None and aligned < self.policy.layout_veto
+        # 0 is the layout's verdict that the backdrops differ, not a comparison of where
+        # the content lies; a caption inside the content box moves the normalisation and
+        # with it the backdrop's colour, so a captioned copy can get it.
+        return aligned is not None and 0.0 < aligned < self.policy.layout_veto
 
     def _keypoints_refute(self, verify: _Verifier) -> bool:
         """A verifiable entry's keypoints say the image is another picture: too few agree,
