@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import faiss
@@ -360,7 +360,7 @@ def test_decision_rule_with_layout(encoder) -> None:  # type: ignore[no-untyped-
     # keypoint_threshold agree on pixels that agree, they confirm its layout as a
     # verifiable entry's would, without the cosine ("layout").
     kept = _features(7)
-    confirming = dataclasses.replace(snap, features=[(kept, None)], frames=[None], refutes=[False])
+    confirming = replace(snap, features=[(kept, None)], frames=[None], refutes=[False])
 
     def with_keypoints(features: Features | None):  # type: ignore[no-untyped-def]
         pixels = Pixels(phash=base ^ ((1 << 18) - 1), layout=own, features=features)
@@ -391,13 +391,13 @@ def photos() -> dict[str, Image.Image]:
     return real_photos()
 
 
-def _real_set(encoder, tmp_path: Path) -> FlaggedSet:  # type: ignore[no-untyped-def]
+def _real_set(encoder, tmp_path: Path, **policy: Any) -> FlaggedSet:  # type: ignore[no-untyped-def]
     """A flagged set whose embedding signal cannot fire (the tiny test model's cosines mean
-    nothing): whatever matches, matched by pixels."""
+    nothing): whatever matches, matched by pixels. ``policy``: other settings."""
     index = EdgeIndex(tmp_path / "flagged")
     index.ensure_collection("flagged", encoder.identity)
-    policy = ModerationSettings(image_threshold=1.0)
-    return FlaggedSet(encoder, index, "flagged", policy, ImageLimits())
+    settings = ModerationSettings(image_threshold=1.0, **policy)
+    return FlaggedSet(encoder, index, "flagged", settings, ImageLimits())
 
 
 def _on_white(image: Image.Image, side: int, at: tuple[int, int]) -> Image.Image:
@@ -1011,12 +1011,7 @@ def test_posters_in_one_typeface_are_not_copies_of_each_other(
     aligned layout under layout_veto are a coincidence. With the veto off (0), the same
     posters are quarantined, which is what the veto is for; the poster's own copies are
     caught either way."""
-    index = EdgeIndex(tmp_path / "flagged")
-    index.ensure_collection("flagged", encoder.identity)
-    policy = ModerationSettings(image_threshold=1.0)
-    if veto is not None:
-        policy = policy.model_copy(update={"layout_veto": veto})
-    flagged = FlaggedSet(encoder, index, "flagged", policy, ImageLimits())
+    flagged = _real_set(encoder, tmp_path, **({} if veto is None else {"layout_veto": veto}))
     source = _poster(("SUMMER", "SALE"))
     assert flagged.add_image(jpeg(source, 95), "prohibited", "test").verifiable
     others = [
