@@ -6,10 +6,15 @@ the worker has exited.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 from services.ids import point_id
 from services.index.edge import EdgeIndex
+from services.ingest.intake import IngestItem
 from services.jobs.store import State
 from services.runtime import Runtime, build_runtime
 from services.settings import Settings
@@ -31,6 +36,14 @@ def _in_flight(runtime: Runtime, job_id: str, delivery: int) -> bool:
     return sum(i.attempts for i in items) == delivery and any(
         i.state is State.PROCESSING for i in items
     )
+
+
+def _large_png(width: int = 4000, height: int = 3000) -> bytes:
+    """A large image that compresses well: random 8x8 blocks."""
+    blocks = np.random.default_rng(0).integers(0, 256, (height // 8, width // 8, 3), np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(blocks).resize((width, height), Image.Resampling.NEAREST).save(buf, "PNG")
+    return buf.getvalue()
 
 
 def _done(runtime: Runtime, job_id: str) -> bool:
@@ -155,7 +168,11 @@ def test_item_that_keeps_killing_its_worker_ends_failed(
     )
     worker = make_worker(env)
     publisher = build_publisher(env)
-    job_id, _ = upload(publisher, range(1))
+    # A 12-megapixel image: decoding, thumbnailing and checking it keep it in flight for
+    # hundreds of milliseconds, so the kill lands before it is done even on a slow day (a
+    # 48x40 image was done within the poll-to-kill latency once in CI).
+    receipt = publisher.uploads.upload(ADMIN, [IngestItem(_large_png(), "poison.png", {})])
+    job_id = receipt.job_id
     for delivery in (1, 2):
         worker.start()
         # Kill the worker each time it starts processing this image: a "poison" message.
