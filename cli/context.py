@@ -22,11 +22,18 @@ def caller() -> Principal:
     return operator(user)
 
 
-def open_runtime(settings: Settings | None = None) -> Runtime:
-    """Build this process's runtime (Celery dispatcher when a broker is set) and open it."""
+def build_local_runtime(settings: Settings | None = None) -> Runtime:
+    """This process's runtime (Celery dispatcher when a broker is set), not yet opened:
+    enough to resolve stored ids before paying for the model."""
     settings = settings or load_settings()
-    runtime = build_runtime(settings, dispatcher_for(settings))
-    runtime.open()
+    return build_runtime(settings, dispatcher_for(settings))
+
+
+def open_runtime(settings: Settings | None = None, load_model: bool = True) -> Runtime:
+    """Build this process's runtime and open it (``load_model=False``: for commands that
+    only read what is stored; see ``Runtime.open``)."""
+    runtime = build_local_runtime(settings)
+    runtime.open(load_model=load_model)
     return runtime
 
 

@@ -12,7 +12,7 @@ import typer
 from tqdm import tqdm
 
 from cli import backup, moderation, tagging
-from cli.context import caller, finish_job, open_runtime, stored_id
+from cli.context import build_local_runtime, caller, finish_job, open_runtime, stored_id
 from cli.metadata import load_metadata, metadata_for
 from cli.output import emit_json, hits_as_dicts, print_hits, print_job
 from cli.remote import URL_ENV, Remote, RemoteError
@@ -224,11 +224,15 @@ def similar(
             raise typer.BadParameter(f"{ref!r} is neither a file nor an image id (64 hex digits)")
         emit_json(hits_as_dicts(hits)) if as_json else print_hits(hits)
         return
-    runtime = open_runtime()
+    runtime = build_local_runtime()
     if path.is_file():
+        runtime.open()
         hits = runtime.search.by_image(caller(), path.read_bytes(), k=k, flt=flt, group_by=one_per)
     else:
+        # A stored image's neighbours come from its stored vector: no model to load, and a
+        # mistyped id is refused before anything is.
         image_id = stored_id(runtime, ref)
+        runtime.open(load_model=False)
         hits = runtime.search.similar(caller(), image_id, k=k, flt=flt, group_by=one_per)
     _warn(runtime.search.unknown_fields(caller(), flt))
     runtime.close()
@@ -357,7 +361,7 @@ def job(
         for item in data["failed_items"]:
             typer.echo(f"  failed  {item['item']}: {item['reason']}")
         return
-    runtime = open_runtime()
+    runtime = open_runtime(load_model=retry)  # a retry embeds; a look does not
     retried = runtime.uploads.retry_failed(caller(), job_id) if retry else 0
     data = {
         **runtime.jobs.get(caller(), job_id).as_dict(),
@@ -441,7 +445,7 @@ def dead_list(
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 100, as_json: JsonOpt = False
 ) -> None:
     """Dead letters, newest first, with why each was refused."""
-    runtime = open_runtime()
+    runtime = open_runtime(load_model=False)
     letters = [d.as_dict() for d in runtime.jobs.dead_letters(caller(), limit)]
     runtime.close()
     if as_json:
@@ -466,7 +470,7 @@ def dead_replay(letter_id: Annotated[str, typer.Argument(help="A dead letter's i
 @dead_app.command("drop")
 def dead_drop(letter_id: Annotated[str, typer.Argument(help="A dead letter's id.")]) -> None:
     """Remove a dead letter for good."""
-    runtime = open_runtime()
+    runtime = open_runtime(load_model=False)
     letter = runtime.jobs.drop_dead_letter(caller(), letter_id)
     runtime.close()
     typer.echo(f"dropped {letter.id}")

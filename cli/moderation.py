@@ -149,7 +149,7 @@ def flagged(as_json: JsonOpt = False) -> None:
     if (remote := Remote.from_env()) is not None:
         entries = remote.call("GET", "/flagged")["entries"]
     else:
-        runtime = open_runtime()
+        runtime = open_runtime(load_model=False)
         entries = [e.as_dict() for e in runtime.moderation.entries(caller())]
         runtime.close()
     if as_json:
@@ -183,7 +183,7 @@ def queue(
     if (remote := Remote.from_env()) is not None:
         data = remote.call("GET", "/moderation/queue", params={"limit": limit})
     else:
-        runtime = open_runtime()
+        runtime = open_runtime(load_model=False)
         records, nxt = runtime.moderation.queue(caller(), limit)
         items = [
             {
@@ -258,7 +258,7 @@ def audit(
         params: dict[str, Any] = {"limit": limit, **({"target": target} if target else {})}
         events = remote.call("GET", "/moderation/audit", params=params)["events"]
     else:
-        runtime = open_runtime()
+        runtime = open_runtime(load_model=False)
         events = [e.as_dict() for e in runtime.moderation.audit_log(caller(), limit, target)]
         runtime.close()
     if as_json:

@@ -227,16 +227,24 @@ class Runtime:
         """True when work runs on a thread of this process (no broker configured)."""
         return self.dispatcher.local
 
-    def open(self) -> None:
+    def open(self, load_model: bool = True) -> None:
         """Load the model and create or verify every collection against it.
+
+        ``load_model=False`` is for a process that only reads what is stored (a review
+        queue, a stored image's neighbours, an audit log): where every collection exists
+        it starts without the model, which takes a CLI command from seconds to a fraction
+        of one. Such a process must not embed or write vectors: nothing checked that the
+        collections match the configured model.
 
         Raises:
             ModelUnavailable: the model cannot be loaded.
             ModelMismatch: a collection was built with another model.
         """
-        identity = self.encoder.identity
-        for name in self.collections.all():
-            self.index.ensure_collection(name, identity)
+        names = self.collections.all()
+        if load_model or not set(names) <= set(self.index.list_collections()):
+            identity = self.encoder.identity
+            for name in names:
+                self.index.ensure_collection(name, identity)
         # Fields every query filters or groups on: indexed so filtered HNSW search stays fast.
         for field in INDEXED_FIELDS:
             self.index.index_keyword(self.collections.images, field)

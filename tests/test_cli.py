@@ -87,6 +87,13 @@ def test_ingest_search_similar_match_brute_force(env, catalog, tiny_model_dir) -
     # The 12 characters the results table prints are enough, as with git's short ids.
     short = json.loads(run(env, "similar", ids[2][:12], "-k", "4", "--json").stdout)
     assert short == hits
+    # A stored image's neighbours and the review queue read what is stored: they need no
+    # model (here one that cannot load), where a text search does.
+    no_model = {**env, "SIGHTLINE_MODEL": str(catalog / "no-such-model")}
+    assert json.loads(run(no_model, "similar", ids[2], "-k", "4", "--json").stdout) == hits
+    assert json.loads(run(no_model, "moderation", "queue", "--json").stdout)["items"] == []
+    needs_model = run(no_model, "search", "a red dress", check=False)
+    assert needs_model.returncode != 0 and "cannot load model" in needs_model.stderr
     missing = run(env, "similar", "no-such-photo.jpg", check=False)
     assert missing.returncode == 2 and "no such file: no-such-photo.jpg" in missing.stderr
     unknown = run(
