@@ -54,7 +54,7 @@ def _stored_taxonomy() -> Taxonomy:
     """The current taxonomy; exit status 1 when none is loaded."""
     if (remote := Remote.from_env()) is not None:
         return parse_taxonomy(remote.call("GET", "/taxonomy", params={"format": "yaml"}))
-    runtime = open_runtime()
+    runtime = open_runtime(load_model=False)
     taxonomy = runtime.tagging.taxonomy(caller())
     runtime.close()
     if taxonomy is None:
