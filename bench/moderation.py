@@ -7,7 +7,9 @@ scale, embed, then the pixel signals of the content: keypoints, aligned layout, 
   Flagged: objects (regions of photos) composited onto white at some size and position,
   photos as they are, and a texture. Near-duplicates: each flagged image under each edit
   of ``demo.photos.EDITS`` (JPEG q30-90, resize 50-150%, crop <=20%, mirror, caption,
-  rotation +-5 degrees, brightness and contrast +-30%, greyscale, padding/border).
+  rotation +-5 degrees, brightness and contrast +-30%, greyscale, padding/border; and two
+  harder forms an outside attack used: rotation with black corners, an opaque caption
+  bar).
   Unrelated: other photos as they are and cropped, their regions on white, grey and black
   backgrounds at other sizes and positions, and textures.
 - **synthetic** (the demo world): demo-catalog product photos flagged; near-duplicates by

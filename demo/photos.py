@@ -47,6 +47,11 @@ EDITS = (
     "contrast +-30%",
     "greyscale",
     "padding/border",
+    # Harder forms of two of the above, as an outside attack on the check made them: the
+    # corners a rotation exposes left black (as most editors leave them), and an opaque
+    # banner with the text, across the top or bottom, over the object when it is there.
+    "rotate +-5deg, black corners",
+    "caption bar",
 )
 
 
@@ -153,6 +158,21 @@ def edit(image: Image.Image, kind: str, rng: random.Random) -> bytes:
         angle = rng.uniform(-5, 5)
         fill = image.getpixel((0, 0))
         return jpeg(image.rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor=fill))
+    if kind == "rotate +-5deg, black corners":
+        angle = rng.choice([-1, 1]) * rng.uniform(2, 5)
+        return jpeg(image.rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor=(0, 0, 0)))
+    if kind == "caption bar":
+        copy = image.copy()
+        bar = int(h * rng.uniform(0.12, 0.2))
+        top = rng.random() < 0.5
+        box = (0, 0, w, bar) if top else (0, h - bar, w, h)
+        dark = rng.random() < 0.5
+        draw = ImageDraw.Draw(copy)
+        draw.rectangle(box, fill=(0, 0, 0) if dark else (255, 255, 255))
+        font = ImageFont.load_default(size=max(8, int(bar * 0.6)))
+        text = rng.choice(["SALE -50%", "NEW IN", "limited edition", "@shop.example", "£19.99"])
+        draw.text((w // 20, box[1] + bar // 5), text, fill="white" if dark else "black", font=font)
+        return jpeg(copy)
     if kind == "brightness +-30%":
         return jpeg(ImageEnhance.Brightness(image).enhance(rng.choice([0.7, 1.3])))
     if kind == "contrast +-30%":

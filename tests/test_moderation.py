@@ -1046,3 +1046,36 @@ def test_posters_in_one_typeface_are_not_copies_of_each_other(
     ]
     for data in copies:
         assert flagged.check_bytes(data).quarantined
+
+
+def test_rotated_copies_with_black_corners_are_caught(
+    encoder, photos: dict[str, Image.Image], tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Most editors fill the corners a rotation exposes with black: the copy's canvas then
+    has a black frame around a tilted white one, and was not trimmed at all (0 of these 8
+    caught before; the fill is now painted white and the object trimmed as in the
+    original)."""
+    flagged = _real_set(encoder, tmp_path)
+    objects = {
+        "coins": ((40, 40, 300, 260), 200, (200, 150)),
+        "coffee": ((50, 50, 350, 350), 180, (60, 220)),
+        "chelsea": ((60, 20, 360, 280), 160, (260, 40)),
+        "rocket": ((100, 80, 350, 400), 200, (30, 30)),
+    }
+    for name, (box, side, at) in objects.items():
+        shot = _on_white(photos[name].crop(box), side, at)
+        entry = flagged.add_image(jpeg(shot, 95), "prohibited", name)
+        for angle in (-4, 3):
+            tilted = shot.rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor="black")
+            verdict = flagged.check_bytes(jpeg(tilted))
+            assert [m.entry_id for m in verdict.matches] == [entry.id], (name, angle)
+            assert verdict.matches[0].signal == "keypoints" and verdict.matches[0].keypoints >= 100
+    # The fill is painted only around a plain canvas: a photo padded in black keeps its
+    # padding, which trims as before, and a photo rotated with black corners is left whole.
+    camera = photos["camera"].convert("RGB")
+    padded = content(ImageOps.expand(camera, border=40, fill="black"))
+    assert padded is not None and padded.image.size == camera.size
+    tilted = camera.rotate(4, Image.Resampling.BICUBIC, expand=True, fillcolor="black")
+    whole = content(tilted)
+    assert whole is not None
+    assert min(a / b for a, b in zip(whole.image.size, tilted.size, strict=True)) >= 0.95

@@ -8,7 +8,9 @@ what matches the frame's colour, repeatedly (a frame around a white canvas aroun
 object), and at photometrically normalised values. Inside a plain canvas, the box holds
 the substantial shapes only: a caption or watermark typed onto the white beside a
 product is thin strokes, and would otherwise stretch the box and shrink the product in
-it.
+it. Where a rotation filled the corners around a plain canvas (black, as most editors
+leave them), the fill is painted in the canvas's colour first, so the copy trims to its
+object as the original did.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ OUTSIDE_MAX = 0.08
 # product shot still has to keep its detail when the model itself looks at 64 or 224.
 PIXEL_SIDE = 640
 STD_FLOOR = 20.0  # the least spread (0-255) normalisation divides by
+MAX_FILL = 0.25  # the most of a picture a rotation's corner fill may cover
+PLAIN_RING = 0.8  # the share of pixels just inside the fill that show one canvas colour
 
 
 @dataclass(frozen=True)
@@ -130,11 +134,49 @@ def _box(differs: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
+def _unfilled(full: np.ndarray) -> np.ndarray:
+    """The image with what a rotation filled around a plain canvas (black corners, as
+    most editors leave them) painted in the canvas's colour, so the canvas trims as the
+    original's did. Only where the frame is one colour, it holds less than
+    ``MAX_FILL`` of the picture, and just inside it lies one other plain colour (a canvas,
+    not a photo: a photo padded in black keeps its padding, which trims as before)."""
+    h, w = full.shape[:2]
+    scale = min(1.0, _WORK_SIDE / max(w, h))
+    small = cv2.resize(
+        full, (max(2, round(w * scale)), max(2, round(h * scale))), interpolation=cv2.INTER_AREA
+    )
+    colour = _frame_colour(small)
+    if not _frame_is_uniform(small, colour):
+        return full
+    near = (_difference(small, colour) <= FRAME_SPREAD * 2).astype(np.uint8)
+    _, labels = cv2.connectedComponents(near, connectivity=4)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    fill = np.isin(labels, edge[edge > 0]) & near.astype(bool)
+    if not fill.any() or fill.mean() > MAX_FILL:
+        return full
+    # Past the blended edge a rotation leaves (a pixel or two), within a few more.
+    grown = [cv2.dilate(fill.astype(np.uint8), np.ones((k, k), np.uint8)) for k in (5, 11)]
+    ring = grown[1].astype(bool) & ~grown[0].astype(bool)
+    inside = small[ring]
+    if len(inside) == 0:
+        return full
+    canvas = np.median(inside, axis=0)
+    plain = float((np.abs(inside.astype(np.int16) - canvas).max(axis=1) <= FRAME_SPREAD * 2).mean())
+    if plain < PLAIN_RING or float(np.abs(canvas - colour).max()) <= BOX_TOLERANCE:
+        return full
+    mask = cv2.resize(fill.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    out = full.copy()
+    out[mask] = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    return out
+
+
 def content(image: Image.Image) -> Content | None:
     """The image with uniform borders trimmed (up to three frames), or None when nothing
     but a uniform colour is left (no content to compare by pixels)."""
     rgb = image.convert("RGB")
-    full = np.asarray(rgb)
+    full = _unfilled(np.asarray(rgb))
+    if full is not np.asarray(rgb):
+        rgb = Image.fromarray(full)
     background: tuple[int, int, int] | None = None
     left, top, right, bottom = 0, 0, rgb.size[0], rgb.size[1]  # the box so far, in pixels
     for _ in range(3):

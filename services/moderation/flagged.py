@@ -112,8 +112,9 @@ VOTE_LSH: dict[str, bool | int | float | str] = {
 VOTE_CHECKS = 32
 # How entries' pixel fields are made; older entries are made again from their originals
 # when a process first reads them (2: hue-preserving normalisation, feature sizes, frames;
-# 3: the keypoints of entries that do not verify, kept to confirm).
-PIXELS_VERSION = 3
+# 3: the keypoints of entries that do not verify, kept to confirm; 4: a rotation's filled
+# corners painted in the canvas's colour before trimming).
+PIXELS_VERSION = 4
 VOTERS = 300  # about this many of a query's keypoints vote (a copy's win by dozens)
 VIEWS = 4  # voting views per entry: content, its mirror, frame, the frame's mirror
 # An entry's mirror view is matched after the entry itself falls short only when the
