@@ -50,7 +50,9 @@ OUTSIDE_MAX = 0.08
 # product shot still has to keep its detail when the model itself looks at 64 or 224.
 PIXEL_SIDE = 640
 STD_FLOOR = 20.0  # the least spread (0-255) normalisation divides by
-MAX_FILL = 0.25  # the most of a picture a rotation's corner fill may cover
+# The most of a picture a rotation's corner fill may cover: a square turned by 15 degrees
+# leaves a third of its bounding box to the fill (1 - 1 / (cos + sin)^2).
+MAX_FILL = 0.35
 PLAIN_RING = 0.8  # the share of pixels just inside the fill that show one canvas colour
 
 
@@ -174,8 +176,9 @@ def content(image: Image.Image) -> Content | None:
     """The image with uniform borders trimmed (up to three frames), or None when nothing
     but a uniform colour is left (no content to compare by pixels)."""
     rgb = image.convert("RGB")
-    full = _unfilled(np.asarray(rgb))
-    if full is not np.asarray(rgb):
+    pixels = np.asarray(rgb)
+    full = _unfilled(pixels)
+    if full is not pixels:
         rgb = Image.fromarray(full)
     background: tuple[int, int, int] | None = None
     left, top, right, bottom = 0, 0, rgb.size[0], rgb.size[1]  # the box so far, in pixels
