@@ -22,7 +22,7 @@ from demo.synth import Product, render
 from services.audit import RedisAuditLog, SqliteAuditLog
 from services.images import decode_image
 from services.index.edge import EdgeIndex
-from services.moderation.content import Content, content
+from services.moderation.content import Content, content, unpadded
 from services.moderation.flagged import (
     PIXELS_VERSION,
     EntryKind,
@@ -536,7 +536,9 @@ def test_a_caption_bar_across_a_texture_leaves_the_rest_agreeing(
                 assert found is not None and found >= plain - 0.2, (name, colour, found, plain)
                 for other in set(textures) - {name}:
                     against = thumb(textures[other])
-                    assert (warped_agreement(thumb(barred), size, against, size, transform) or 0) < 0.4
+                    assert (
+                        warped_agreement(thumb(barred), size, against, size, transform) or 0
+                    ) < 0.4
 
 
 def test_repeated_patterns_need_the_pixels_to_agree(encoder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -1109,3 +1111,48 @@ def test_rotated_copies_with_black_corners_are_caught(
     whole = content(tilted)
     assert whole is not None
     assert min(a / b for a, b in zip(whole.image.size, tilted.size, strict=True)) >= 0.95
+
+
+def test_a_dark_object_touching_the_canvas_edge_is_not_painted_with_the_fill(
+    encoder, photos: dict[str, Image.Image], tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A dark object that touches the bottom of its white canvas joins a rotation's black
+    fill, but lies inside the turned canvas: only the corner triangles are painted, so the
+    copy trims to the object (it was left whole before, three times the object's size)."""
+    dark = ImageOps.autocontrast(photos["camera"].crop((100, 50, 400, 400))).point(lambda v: v // 3)
+    shot = Image.new("RGB", (480, 480), "white")
+    shot.paste(dark.convert("RGB").resize((240, 280)), (120, 200))  # down to the bottom edge
+    flagged = _real_set(encoder, tmp_path)
+    entry = flagged.add_image(jpeg(shot, 95), "prohibited", "dark")
+    for angle in (-4, 3, 5):
+        tilted = shot.rotate(angle, Image.Resampling.BICUBIC, expand=True, fillcolor="black")
+        found = content(tilted)
+        assert found is not None and found.background is not None, angle
+        # The object's box turned by a few degrees: about 240x280, not the 500 px frame.
+        assert max(found.image.size) <= 310, (angle, found.image.size)
+        assert (np.asarray(found.image).max(axis=2) < 90).mean() >= 0.8, angle  # still dark
+        verdict = flagged.check_bytes(jpeg(tilted))
+        assert [m.entry_id for m in verdict.matches] == [entry.id], angle
+
+
+def test_a_photo_padded_in_the_colour_of_its_backdrop_is_caught(
+    encoder, photos: dict[str, Image.Image], tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """skimage's clock hangs on a grey wall: padded in grey, the trimming runs through the
+    padding and the wall alike and keeps only the clock, too small to verify, and the
+    whole padded frame is at another scale (0 keypoints agreed at 15% and 25% padding).
+    The picture inside the flat padding is compared instead."""
+    clock = photos["clock"].convert("RGB")
+    flagged = _real_set(encoder, tmp_path)
+    entry = flagged.add_image(jpeg(clock, 95), "prohibited", "clock")
+    for share in (0.05, 0.15, 0.25):
+        padded = ImageOps.expand(clock, border=int(400 * share), fill=(128, 128, 128))
+        verdict = flagged.check_bytes(jpeg(padded, 75))
+        assert [m.entry_id for m in verdict.matches] == [entry.id], share
+        assert verdict.matches[0].signal == "keypoints", share
+    # A small object on white still keeps its whole frame (it trims as far either way).
+    cat = photos["chelsea"].crop((100, 40, 220, 160))
+    small = _on_white(cat, 90, (300, 300))
+    found = content(small)
+    assert found is not None and found.background is not None
+    assert unpadded(small).size[0] < 2 * found.image.size[0]

@@ -38,6 +38,7 @@ _SOLID = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))  # strokes thinner
 _JOIN = np.ones((5, 5), np.uint8)
 FRAME_SPREAD = 6  # how far (0-255) a frame pixel may sit from the frame's colour...
 FRAME_SHARE = 0.45  # ...for this share of them, for the frame to be one colour
+FLAT_SHARE = 0.98  # a row or column of padding: this share of it within FRAME_SPREAD
 _WORK_SIDE = 256  # trimming works on a copy this size (fast, and steady under resizing)
 MIN_CONTENT = 0.02  # a content box smaller than this share of the frame is no content
 # Outside the box there may be specks and strokes (a caption beside a product: 3-5% of
@@ -136,6 +137,31 @@ def _box(differs: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
 
 
+def _corners(fill: np.ndarray) -> np.ndarray:
+    """Of what the border reaches, the triangles a rotation leaves at the corners: at each
+    corner, the part under the line between where the fill ends along its two borders. A
+    dark object that touches the canvas's edge joins the fill's colour, but lies past that
+    line (inside the turned canvas), so it is not painted over with it. Padding around the
+    whole frame runs along whole sides: its triangles cover the picture, and it is kept."""
+    h, w = fill.shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    keep = np.zeros_like(fill)
+    for flip_y, flip_x in ((False, False), (False, True), (True, False), (True, True)):
+        f = fill[::-1] if flip_y else fill
+        f = f[:, ::-1] if flip_x else f
+        along = np.flatnonzero(~f[0])  # the fill's run along the corner's row...
+        down = np.flatnonzero(~f[:, 0])  # ...and down its column
+        a = float(along[0]) if len(along) else float(w)
+        b = float(down[0]) if len(down) else float(h)
+        if a == 0 or b == 0:
+            continue
+        x = (w - 1 - xs) if flip_x else xs
+        y = (h - 1 - ys) if flip_y else ys
+        # A pixel or two of slack for the blended edge along the line.
+        keep |= x / (a + 2.0) + y / (b + 2.0) <= 1.0
+    return fill & keep
+
+
 def _unfilled(full: np.ndarray) -> np.ndarray:
     """The image with what a rotation filled around a plain canvas (black corners, as
     most editors leave them) painted in the canvas's colour, so the canvas trims as the
@@ -153,7 +179,7 @@ def _unfilled(full: np.ndarray) -> np.ndarray:
     near = (_difference(small, colour) <= FRAME_SPREAD * 2).astype(np.uint8)
     _, labels = cv2.connectedComponents(near, connectivity=4)
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    fill = np.isin(labels, edge[edge > 0]) & near.astype(bool)
+    fill = _corners(np.isin(labels, edge[edge > 0]) & near.astype(bool))
     if not fill.any() or fill.mean() > MAX_FILL:
         return full
     # Past the blended edge a rotation leaves (a pixel or two), within a few more.
@@ -216,6 +242,29 @@ def content(image: Image.Image) -> Content | None:
     if (left, top, right, bottom) != (0, 0, *rgb.size):
         rgb = rgb.crop((left, top, right, bottom))
     return Content(rgb, background)
+
+
+def unpadded(image: Image.Image) -> Image.Image:
+    """The image without a flat border of one colour (padding, a mat), and nothing more.
+
+    ``content`` trims to what differs from the border colour by more than
+    ``BOX_TOLERANCE``, which is right for a canvas but goes too far when a photo's own
+    backdrop is close to the padding's colour (a grey wall padded in grey): the box then
+    holds only what stands out of the wall, too small to verify. Padding is flatter than
+    any photo, so rows and columns are trimmed here only while nearly all their pixels sit
+    within ``FRAME_SPREAD`` of the border colour."""
+    rgb = image.convert("RGB")
+    a = np.asarray(rgb)
+    colour = _frame_colour(a)
+    if not _frame_is_uniform(a, colour):
+        return rgb
+    flat = _difference(a, colour) <= FRAME_SPREAD
+    rows = np.flatnonzero(flat.mean(axis=1) < FLAT_SHARE)
+    cols = np.flatnonzero(flat.mean(axis=0) < FLAT_SHARE)
+    if len(rows) < 2 or len(cols) < 2:
+        return rgb
+    box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+    return rgb if box == (0, 0, *rgb.size) else rgb.crop(box)
 
 
 def normalised(values: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:

@@ -76,7 +76,7 @@ from services.errors import InvalidFlag, InvalidImage, NotFound
 from services.ids import sha256_hex
 from services.images import decode_image
 from services.index.base import PointData, Record, VectorIndex
-from services.moderation.content import PIXEL_SIDE, Content, content
+from services.moderation.content import PIXEL_SIDE, Content, content, unpadded
 from services.moderation.keypoints import Features, Geometric, geometric, self_test
 from services.moderation.keypoints import features as keypoint_features
 from services.moderation.layout import (
@@ -113,8 +113,8 @@ VOTE_CHECKS = 32
 # How entries' pixel fields are made; older entries are made again from their originals
 # when a process first reads them (2: hue-preserving normalisation, feature sizes, frames;
 # 3: the keypoints of entries that do not verify, kept to confirm; 4: a rotation's filled
-# corners painted in the canvas's colour before trimming).
-PIXELS_VERSION = 4
+# corners painted in the canvas's colour before trimming; 5: only the corner triangles).
+PIXELS_VERSION = 5
 VOTERS = 300  # about this many of a query's keypoints vote (a copy's win by dozens)
 VIEWS = 4  # voting views per entry: content, its mirror, frame, the frame's mirror
 # An entry's mirror view is matched after the entry itself falls short only when the
@@ -123,6 +123,9 @@ MIN_VIEW_VOTES = 2
 # A cosine computed from float32 vectors is off by a few ulps: an image's own copy scores
 # 0.99999997 against itself, so a threshold of 1.0 means "the same vector" only with this.
 COSINE_ROUNDING = 1e-6
+# A query's frame view is the picture inside its flat padding, not the whole frame, when
+# that picture is this many times the content's area (the content box cut into a photo).
+UNPADDED_GAIN = 2.0
 
 
 class EntryKind(StrEnum):
@@ -364,13 +367,20 @@ class Pixels:
         if found is None:
             return cls()
         layout = layout_thumbnail(found)
-        return cls(
-            phash(found.image),
-            layout,
-            keypoint_features(found),
-            colour_histogram(layout),
-            frame=image.convert("RGB") if found.background is not None else None,
-        )
+        features = keypoint_features(found)
+        frame = None
+        if found.background is not None:
+            frame = image.convert("RGB")
+            if features is None:
+                # Content too small to verify may be what stood out of a photo's backdrop
+                # that matched its padding (a grey wall padded in grey): then the picture
+                # inside the padding is the view, not the whole frame. A small object on
+                # a canvas trims about as far either way, and keeps the whole frame.
+                inside = unpadded(frame)
+                w, h = found.image.size
+                if inside.width * inside.height >= UNPADDED_GAIN * w * h:
+                    frame = inside
+        return cls(phash(found.image), layout, features, colour_histogram(layout), frame=frame)
 
 
 @dataclass(frozen=True)
