@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from services.errors import InvalidQuery, ModelUnavailable
+from services.image_inputs import ImageInputs
 from services.onnx_towers import GateFailed, GateReport, InferenceRuntime, Towers
 from services.onnx_towers import prepare as prepare_towers
 
@@ -149,6 +150,8 @@ class Encoder:
         self.onnx_cache = onnx_cache
         self.threads = threads
         self._towers: Towers | None = None
+        # The image processor's fast path, where it reproduces the processor exactly.
+        self._pixels: ImageInputs | None = None
         # What actually runs (a runtime that fails its gate falls back), and why.
         self.runtime_active = InferenceRuntime.TORCH
         self.runtime_note = ""
@@ -227,6 +230,7 @@ class Encoder:
             # is refused like one built with another model.
             model_id = f"{model_id}+text:{text_id}"
         self._model = model
+        self._pixels = ImageInputs.of(model)
         self._start_runtime(model_id)
         if self.runtime_active is InferenceRuntime.ONNX_INT8:
             # int8 weights give other vectors (cosine ~0.99 to fp32): a collection records
@@ -253,6 +257,7 @@ class Encoder:
                     self.device,
                     self._text_model is None,
                     self._torch_encode,
+                    self._pixels,
                 )
             except Exception as e:  # any export, quantization or session failure falls back
                 notes.append(
@@ -383,6 +388,8 @@ class Encoder:
         self.load()
         if not images:
             return []
+        if self._pixels is not None:
+            return list(self._pixels(images))
         features = self._model.preprocess(list(images))
         pixels = features.get("pixel_values")
         if set(features) - {"pixel_values", "modality"} or pixels is None:

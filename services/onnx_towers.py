@@ -251,8 +251,20 @@ class Towers:
     """onnxruntime sessions for the image tower and, unless a separate text model is in
     use, the text tower."""
 
-    def __init__(self, model: Any, directory: Path, int8: bool, threads: int, device: str):
+    def __init__(
+        self,
+        model: Any,
+        directory: Path,
+        int8: bool,
+        threads: int,
+        device: str,
+        pixels: Callable[[Sequence[Image.Image]], np.ndarray] | None = None,
+    ):
         import onnxruntime as ort
+
+        # What makes the model's pixel values: the processor's fast path when the encoder
+        # found one equal to it (services.image_inputs), else the processor itself.
+        self.pixels = pixels or (lambda images: _image_inputs(model, images))
 
         suffix = ".int8.onnx" if int8 else ".onnx"
         options = ort.SessionOptions()
@@ -274,7 +286,7 @@ class Towers:
         """Unit vectors, preprocessed by the model's own processor."""
         out = []
         for i in range(0, len(images), batch_size):
-            pixels = _image_inputs(self.model, images[i : i + batch_size])
+            pixels = self.pixels(images[i : i + batch_size])
             out.append(self.image.run(None, {"pixel_values": pixels})[0])
         return _normalise(np.concatenate(out))
 
@@ -366,6 +378,7 @@ def prepare(
     device: str,
     with_text: bool,
     torch_encode: Callable[[Sequence[Any], str], np.ndarray],
+    pixels: Callable[[Sequence[Image.Image]], np.ndarray] | None = None,
 ) -> tuple[Towers, GateReport]:
     """Towers for ``runtime``, exported and gated on first use.
 
@@ -395,8 +408,8 @@ def prepare(
         known = manifest["gates"].get(verdict)
         if known is None:
             images = probe_images()
-            fp32 = Towers(model, directory, False, threads, device)
-            quant = Towers(model, directory, True, threads, device) if int8 else None
+            fp32 = Towers(model, directory, False, threads, device, pixels)
+            quant = Towers(model, directory, True, threads, device, pixels) if int8 else None
             report = gate(
                 runtime,
                 torch_encode(images, "image"),
@@ -413,4 +426,4 @@ def prepare(
             report = GateReport(**known)
     if not report.passed:
         raise GateFailed(f"runtime {runtime.value} not used for {model_id}: {report.reason}")
-    return Towers(model, directory, int8, threads, device), report
+    return Towers(model, directory, int8, threads, device, pixels), report
