@@ -40,7 +40,8 @@ from services.moderation.flagged import (
     hash_variants,
     phash,
 )
-from services.moderation.keypoints import Features, two_nearest
+from services.moderation.keypoints import Features, geometric, two_nearest
+from services.moderation.keypoints import features as keypoint_features
 from services.moderation.layout import (
     CELLS,
     SIDE,
@@ -539,6 +540,39 @@ def test_a_caption_bar_across_a_texture_leaves_the_rest_agreeing(
                     assert (
                         warped_agreement(thumb(barred), size, against, size, transform) or 0
                     ) < 0.4
+
+
+def test_a_texture_turned_with_black_corners_agrees_without_its_edge_cells(
+    photos: dict[str, Image.Image],
+) -> None:
+    """A rotation's black corners lie beyond the flagged picture's edges, but the copy's
+    thumbnail blends them into its edge cells, and a texture's cells differ by less than
+    that (grass turned 2 degrees agreed at 0.82, brick at 0.66). Where the copy goes on
+    past an edge, that edge's cells are left out; a crop keeps its edges."""
+
+    def view(image: Image.Image) -> tuple[Features, np.ndarray]:
+        found = content(Image.open(io.BytesIO(jpeg(image, 80))).convert("RGB"))
+        assert found is not None
+        found_features = keypoint_features(found)
+        assert found_features is not None
+        return found_features, layout_thumbnail(found)
+
+    for name, least in (("grass", 0.9), ("gravel", 0.9), ("brick", 0.72)):
+        original = photos[name]
+        flagged, flagged_layout = view(original)
+        w, h = original.size
+        for copy in (
+            original.rotate(2, Image.Resampling.BICUBIC, expand=True, fillcolor="black"),
+            original.rotate(-5, Image.Resampling.BICUBIC, expand=True, fillcolor="black"),
+            original.crop((w // 10, h // 12, w, h - h // 10)),
+        ):
+            query, query_layout = view(copy)
+            found = geometric(query, flagged)
+            assert found.transform is not None and found.inliers >= 100, name
+            value = warped_agreement(
+                query_layout, query.size, flagged_layout, flagged.size, found.transform
+            )
+            assert value is not None and value >= least, (name, copy.size, value)
 
 
 def test_repeated_patterns_need_the_pixels_to_agree(encoder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
