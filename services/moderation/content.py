@@ -63,6 +63,9 @@ class Content:
 
     image: Image.Image  # the content, RGB
     background: tuple[int, int, int] | None  # the colour trimmed away (None: no frame)
+    # The whole picture with a rotation's fill painted in the canvas's colour, where one
+    # was (None: nothing was painted): the frame a copy is compared by.
+    unfilled: Image.Image | None = None
 
 
 def _frame_colour(a: np.ndarray) -> np.ndarray:
@@ -165,37 +168,62 @@ def _corners(fill: np.ndarray) -> np.ndarray:
 def _unfilled(full: np.ndarray) -> np.ndarray:
     """The image with what a rotation filled around a plain canvas (black corners, as
     most editors leave them) painted in the canvas's colour, so the canvas trims as the
-    original's did. Only where the frame is one colour, it holds less than
-    ``MAX_FILL`` of the picture, and just inside it lies one other plain colour (a canvas,
-    not a photo: a photo padded in black keeps its padding, which trims as before)."""
+    original's did. The fill is the frame's colour (a turn that grew the picture to fit),
+    or the colour all four corners share (one that kept its size: the canvas still runs
+    along most of the border). Only where the fill holds less than ``MAX_FILL`` of the
+    picture and just inside it lies one other plain colour (a canvas, not a photo: a
+    photo padded in black keeps its padding, which trims as before)."""
     h, w = full.shape[:2]
     scale = min(1.0, _WORK_SIDE / max(w, h))
     small = cv2.resize(
         full, (max(2, round(w * scale)), max(2, round(h * scale))), interpolation=cv2.INTER_AREA
     )
+    for colour in _fill_colours(small):
+        mask, canvas = _fill(small, colour)
+        if mask is not None and canvas is not None:
+            big = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+            out = full.copy()
+            out[big.astype(bool)] = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+            return out
+    return full
+
+
+def _fill_colours(small: np.ndarray) -> list[np.ndarray]:
+    """The colours a rotation's fill may have: the frame's, where the frame is one
+    colour, and the one the four corner pixels share where it is another."""
+    out = []
     colour = _frame_colour(small)
-    if not _frame_is_uniform(small, colour):
-        return full
+    if _frame_is_uniform(small, colour):
+        out.append(colour)
+    corners = np.stack([small[0, 0], small[0, -1], small[-1, 0], small[-1, -1]]).astype(np.int16)
+    shared = np.median(corners, axis=0)
+    if (np.abs(corners - shared).max() <= FRAME_SPREAD * 2) and (
+        not out or np.abs(shared - colour).max() > BOX_TOLERANCE
+    ):
+        out.append(shared)
+    return out
+
+
+def _fill(small: np.ndarray, colour: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The fill of ``colour`` (in the corner triangles) and the canvas colour just inside
+    it, or (None, None) where that is not a rotation's fill around a plain canvas."""
     near = (_difference(small, colour) <= FRAME_SPREAD * 2).astype(np.uint8)
     _, labels = cv2.connectedComponents(near, connectivity=4)
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     fill = _corners(np.isin(labels, edge[edge > 0]) & near.astype(bool))
     if not fill.any() or fill.mean() > MAX_FILL:
-        return full
+        return None, None
     # Past the blended edge a rotation leaves (a pixel or two), within a few more.
     grown = [cv2.dilate(fill.astype(np.uint8), np.ones((k, k), np.uint8)) for k in (5, 11)]
     ring = grown[1].astype(bool) & ~grown[0].astype(bool)
     inside = small[ring]
     if len(inside) == 0:
-        return full
+        return None, None
     canvas = np.median(inside, axis=0)
     plain = float((np.abs(inside.astype(np.int16) - canvas).max(axis=1) <= FRAME_SPREAD * 2).mean())
     if plain < PLAIN_RING or float(np.abs(canvas - colour).max()) <= BOX_TOLERANCE:
-        return full
-    mask = cv2.resize(fill.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
-    out = full.copy()
-    out[mask] = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
-    return out
+        return None, None
+    return fill, canvas
 
 
 def content(image: Image.Image) -> Content | None:
@@ -239,9 +267,10 @@ def content(image: Image.Image) -> Content | None:
             break
         background = (int(colour[0]), int(colour[1]), int(colour[2]))
         left, top, right, bottom = left + x0, top + y0, left + min(w, x1), top + min(h, y1)
+    unfilled = rgb if full is not pixels else None
     if (left, top, right, bottom) != (0, 0, *rgb.size):
         rgb = rgb.crop((left, top, right, bottom))
-    return Content(rgb, background)
+    return Content(rgb, background, unfilled)
 
 
 def unpadded(image: Image.Image) -> Image.Image:

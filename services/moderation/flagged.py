@@ -113,8 +113,9 @@ VOTE_CHECKS = 32
 # How entries' pixel fields are made; older entries are made again from their originals
 # when a process first reads them (2: hue-preserving normalisation, feature sizes, frames;
 # 3: the keypoints of entries that do not verify, kept to confirm; 4: a rotation's filled
-# corners painted in the canvas's colour before trimming; 5: only the corner triangles).
-PIXELS_VERSION = 5
+# corners painted in the canvas's colour before trimming; 5: only the corner triangles;
+# 6: the corner fills of turns that kept the picture's size).
+PIXELS_VERSION = 6
 VOTERS = 300  # about this many of a query's keypoints vote (a copy's win by dozens)
 VIEWS = 4  # voting views per entry: content, its mirror, frame, the frame's mirror
 # An entry's mirror view is matched after the entry itself falls short only when the
@@ -370,7 +371,8 @@ class Pixels:
         features = keypoint_features(found)
         frame = None
         if found.background is not None:
-            frame = image.convert("RGB")
+            # The whole picture, a rotation's fill painted as the content was.
+            frame = found.unfilled or image.convert("RGB")
             if features is None:
                 # Content too small to verify may be what stood out of a photo's backdrop
                 # that matched its padding (a grey wall padded in grey): then the picture
