@@ -12,22 +12,33 @@ ViT-B/32-architecture CLIP, the production default's compute), on the same JPEG 
   the model's input, where the batched encode is handed full-size decoded images; its
   decode thread runs the model's processor and the thumbnails beside the model.
 
+- ``end to end`` (with ``--decode-workers N``): JPEG bytes decoded in N worker processes
+  (at the smallest DCT scale covering the model's input) while the model embeds the
+  batches already decoded: what keeps an accelerator fed, where one process's decoding
+  would leave it waiting.
+
 Each under every inference runtime asked for (``--runtimes``, ``SIGHTLINE_RUNTIME``: torch,
 onnx, onnx-int8); ratios are against torch's batched encode measured in the same run, and
-the pipeline's also against its own runtime's batched encode.
+the pipeline's also against its own runtime's batched encode. ``--device cuda`` runs the
+models on a GPU (torch; onnxruntime's CUDA provider where installed), ``--precision fp16``
+runs torch under float16 autocast there.
 
-Run: ``.venv/bin/python -m bench.ingest [--images N] [--models tiny,vitb32] [--runtimes ...]``
+Run: ``.venv/bin/python -m bench.ingest [--images N] [--models tiny,vitb32] [--runtimes ...]
+[--device cuda --precision fp16 --decode-workers 8]``
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import shutil
 import statistics
 import sys
 import uuid
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -46,8 +57,50 @@ from services.settings import Settings
 BATCH = 32
 
 
+def _decode(data: bytes, side: int) -> Image.Image:
+    """One JPEG decoded at the smallest DCT scale that still covers ``side`` px."""
+    image = Image.open(io.BytesIO(data))
+    image.draft("RGB", (side, side))
+    return image.convert("RGB")
+
+
+@contextlib.contextmanager
+def _precision(device: str, precision: str) -> Iterator[None]:
+    """float16 autocast on a GPU for torch; nothing otherwise."""
+    if precision == "fp16":
+        import torch
+
+        with torch.autocast(device_type=device.split(":")[0], dtype=torch.float16):
+            yield
+    else:
+        yield
+
+
+def end_to_end(
+    encoder: Encoder, photos: list[bytes], pool: ProcessPoolExecutor, precision: str
+) -> None:
+    """Decode in the pool, in order, while the model embeds full batches."""
+    side = encoder.input_size or 224
+    batch: list[Image.Image] = []
+    with _precision(encoder.device, precision):
+        for image in pool.map(_decode, photos, [side] * len(photos), chunksize=4):
+            batch.append(image)
+            if len(batch) == BATCH:
+                encoder.encode_images(batch)
+                batch = []
+        if batch:
+            encoder.encode_images(batch)
+
+
 def bench_model(
-    kind: str, photos: list[bytes], repeat: int, runtimes: list[str], threads: int | None
+    kind: str,
+    photos: list[bytes],
+    repeat: int,
+    runtimes: list[str],
+    threads: int | None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    decode_workers: int = 0,
 ) -> tuple[list[list[str]], list[str]]:
     """Rows for one model: per runtime, its batched encode and the worker pipeline on it
     (and, for torch, the naive loop); ratios against torch's batched encode and, for the
@@ -59,7 +112,12 @@ def bench_model(
     encoders = {}
     for name in runtimes:
         encoder = Encoder(
-            str(path), batch_size=BATCH, runtime=name, onnx_cache=OUT / "onnx", threads=threads
+            str(path),
+            device=device,
+            batch_size=BATCH,
+            runtime=name,
+            onnx_cache=OUT / "onnx",
+            threads=threads,
         )
         encoder.load()  # exports and gates the ONNX towers on the first run
         if encoder.runtime_active.value != name:
@@ -94,14 +152,26 @@ def bench_model(
         runtime.close()
         return took
 
+    def plain(encoder: Encoder) -> float:
+        with _precision(device, precision if encoder.runtime_active.value == "torch" else "fp32"):
+            return timed(lambda: encoder.encode_images(decoded))
+
+    pool = ProcessPoolExecutor(decode_workers) if decode_workers else None
+    if pool is not None:  # start the workers before anything is timed
+        list(pool.map(_decode, photos[:decode_workers], [64] * decode_workers))
     # Interleave every method so drift in machine load hits all alike.
     runs: dict[tuple[str, str], list[float]] = {}
     for _ in range(repeat):
         for name, encoder in encoders.items():
-            runs.setdefault((name, "plain"), []).append(
-                timed(lambda e=encoder: e.encode_images(decoded))  # type: ignore[misc]
-            )
+            runs.setdefault((name, "plain"), []).append(plain(encoder))
             runs.setdefault((name, "pipeline"), []).append(pipeline(encoder))
+            if pool is not None:
+                mode = precision if name == "torch" else "fp32"
+                runs.setdefault((name, "end"), []).append(
+                    timed(lambda e=encoder, m=mode: end_to_end(e, photos, pool, m))  # type: ignore[misc]
+                )
+    if pool is not None:
+        pool.shutdown()
     timing = {key: statistics.median(values) for key, values in runs.items()}
     if "torch" in encoders:
         timing[("torch", "naive")] = timed(naive)
@@ -114,6 +184,7 @@ def bench_model(
             ("encode (batched)", "plain"),
             ("naive loop", "naive"),
             ("worker pipeline", "pipeline"),
+            (f"end to end, {decode_workers} decode workers", "end"),
         ):
             if (name, key) not in timing:
                 continue
@@ -155,19 +226,39 @@ def main(argv: list[str] | None = None) -> int:
         help="SIGHTLINE_RUNTIME values to compare (torch is the baseline)",
     )
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs (median)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--precision", choices=["fp32", "fp16"], default="fp32", help="torch's (fp16: GPU only)"
+    )
+    parser.add_argument(
+        "--decode-workers",
+        type=int,
+        default=0,
+        help="also time end to end: JPEG decode in this many processes beside the model",
+    )
     args = parser.parse_args(argv)
+    if args.precision == "fp16" and not args.device.startswith("cuda"):
+        parser.error("--precision fp16 needs --device cuda (CPUs run float16 slower than fp32)")
     rows, gates = [], []
     runtimes = args.runtimes.split(",")
     for kind in args.models.split(","):
         n = args.images or (512 if kind == "tiny" else 96)
         found, gate = bench_model(
-            kind, product_photos(n, seed=1), args.repeat, runtimes, args.threads
+            kind,
+            product_photos(n, seed=1),
+            args.repeat,
+            runtimes,
+            args.threads,
+            args.device,
+            args.precision,
+            args.decode_workers,
         )
         rows.extend(found)
         gates.extend(gate)
         print(f"done: {kind}", file=sys.stderr)
     print(
-        f"ingest throughput, {os.cpu_count()} CPU cores, JPEG 640x480, model batch {BATCH}, "
+        f"ingest throughput, {os.cpu_count()} CPU cores, device {args.device} "
+        f"({args.precision} for torch), JPEG 640x480, model batch {BATCH}, "
         f"median of {args.repeat} interleaved runs (naive: 1 run, torch)"
     )
     header = ["model", "runtime", "method", "images", "seconds", "images/s"]
