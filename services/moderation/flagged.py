@@ -124,8 +124,8 @@ MIN_VIEW_VOTES = 2
 # A cosine computed from float32 vectors is off by a few ulps: an image's own copy scores
 # 0.99999997 against itself, so a threshold of 1.0 means "the same vector" only with this.
 COSINE_ROUNDING = 1e-6
-# A query's frame view is the picture inside its flat padding, not the whole frame, when
-# that picture is this many times the content's area (the content box cut into a photo).
+# A query's picture inside its flat padding is a view of its own (after the whole frame)
+# when it is this many times the content's area (the content box cut into a photo).
 UNPADDED_GAIN = 2.0
 
 
@@ -343,6 +343,12 @@ class Pixels:
     _frame_view: tuple[Features | None, np.ndarray | None] | None = field(
         default=None, repr=False, compare=False
     )
+    # The picture inside the frame's flat padding, where the content is too small to
+    # verify and that picture holds much more (None: no such picture).
+    inner: Image.Image | None = field(default=None, repr=False, compare=False)
+    _inner_view: tuple[Features | None, np.ndarray | None] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def frame_view(self) -> tuple[Features | None, np.ndarray | None]:
         """Keypoints and layout thumbnail of the whole frame (once; the content's own when
@@ -354,6 +360,16 @@ class Pixels:
                 whole = Content(self.frame, None)
                 self._frame_view = (keypoint_features(whole), layout_thumbnail(whole))
         return self._frame_view
+
+    def inner_view(self) -> tuple[Features | None, np.ndarray | None]:
+        """Keypoints and layout thumbnail of ``inner`` (once; (None, None) without one)."""
+        if self._inner_view is None:
+            if self.inner is None:
+                self._inner_view = (None, None)
+            else:
+                picture = Content(self.inner, None)
+                self._inner_view = (keypoint_features(picture), layout_thumbnail(picture))
+        return self._inner_view
 
     def prepared(self) -> Prepared | None:
         """The layout made ready for alignment (once, for every entry it is aligned to)."""
@@ -369,20 +385,28 @@ class Pixels:
             return cls()
         layout = layout_thumbnail(found)
         features = keypoint_features(found)
-        frame = None
+        frame = inner = None
         if found.background is not None:
             # The whole picture, a rotation's fill painted as the content was.
             frame = found.unfilled or image.convert("RGB")
             if features is None:
                 # Content too small to verify may be what stood out of a photo's backdrop
-                # that matched its padding (a grey wall padded in grey): then the picture
-                # inside the padding is the view, not the whole frame. A small object on
-                # a canvas trims about as far either way, and keeps the whole frame.
+                # that matched its padding (a grey wall padded in grey): the picture inside
+                # the padding is then a view of its own, after the whole frame.
                 inside = unpadded(frame)
                 w, h = found.image.size
-                if inside.width * inside.height >= UNPADDED_GAIN * w * h:
-                    frame = inside
-        return cls(phash(found.image), layout, features, colour_histogram(layout), frame=frame)
+                if inside.size != frame.size and inside.width * inside.height >= (
+                    UNPADDED_GAIN * w * h
+                ):
+                    inner = inside
+        return cls(
+            phash(found.image),
+            layout,
+            features,
+            colour_histogram(layout),
+            frame=frame,
+            inner=inner,
+        )
 
 
 @dataclass(frozen=True)
@@ -1121,7 +1145,6 @@ class _Verifier:
             best = self._try(best, pairing)
         if best >= self.enough or not self.frames or (px.frame is None and self.frame is None):
             return best if self._best is not None else None
-        query_frame, query_layout = px.frame_view()
         flagged_layout: np.ndarray | None
         if self.frame is not None:
             frame = self.frame
@@ -1130,18 +1153,21 @@ class _Verifier:
         else:  # the entry was not trimmed: its content is its frame
             targets = [(views[0], False), (views[1], True)]
             flagged_layout = self.flagged_layout
-        for features, mirrored in targets:
-            if query_frame is None or features is None or best >= self.enough:
-                continue
-            pairing = _Pairing(
-                geometric(query_frame, features),
-                query_frame,
-                query_layout,
-                features,
-                flagged_layout,
-                mirrored,
-            )
-            best = self._try(best, pairing)
+        # The whole frame, then (still short) the picture inside its flat padding.
+        for whole_view in (px.frame_view, px.inner_view):
+            query_frame, query_layout = whole_view() if best < self.enough else (None, None)
+            for features, mirrored in targets:
+                if query_frame is None or features is None or best >= self.enough:
+                    continue
+                pairing = _Pairing(
+                    geometric(query_frame, features),
+                    query_frame,
+                    query_layout,
+                    features,
+                    flagged_layout,
+                    mirrored,
+                )
+                best = self._try(best, pairing)
         return best if self._best is not None else None
 
 
