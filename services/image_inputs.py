@@ -73,37 +73,36 @@ class ImageInputs:
         shortest, size = None, None
         if p.do_resize:
             dims = dict(p.size)
-            if set(dims) == {"shortest_edge"} or (
-                dims.get("shortest_edge")
-                and not dims.get("longest_edge")
-                and not dims.get("height")
-            ):
-                shortest = int(dims["shortest_edge"])
-            elif dims.get("height") and dims.get("width") and not dims.get("shortest_edge"):
-                size = (int(dims["height"]), int(dims["width"]))
+            edge, height, width = dims.get("shortest_edge"), dims.get("height"), dims.get("width")
+            if edge and not dims.get("longest_edge") and not height:
+                shortest = int(edge)
+            elif height and width and not edge:
+                size = (int(height), int(width))
             else:
                 return None
         crop = None
         if p.do_center_crop:
             crop = (int(p.crop_size["height"]), int(p.crop_size["width"]))
+            # A crop larger than the resized image is padded by the processor: not here.
+            smallest = shortest if shortest is not None else min(size) if size else 0
+            if max(crop) > smallest:
+                return None
         if crop is None and size is None:
             return None  # output shape would follow each input: not batched as one tensor
+        # The processor's own operations, value by value: float64 rescale then float32,
+        # then (x - mean) / std in float32 (transformers.image_transforms).
         values = np.arange(256, dtype=np.uint8)
-        table = np.empty((3, 256), dtype=np.float32)
-        for c in range(3):
-            # The processor's own operations: float64 rescale then float32, then
-            # (x - mean) / std in float32 (transformers.image_transforms).
-            x: np.ndarray = (
-                (values.astype(np.float64) * float(p.rescale_factor)).astype(np.float32)
-                if p.do_rescale
-                else values.astype(np.float32)
-            )
-            if p.do_normalize:
-                mean = np.array(_per_channel(p.image_mean), dtype=np.float32)[c]
-                std = np.array(_per_channel(p.image_std), dtype=np.float32)[c]
-                x = (x - mean) / std
-            table[c] = x
-        return cls(shortest, size, int(p.resample), crop, table)
+        x = (
+            (values.astype(np.float64) * float(p.rescale_factor)).astype(np.float32)
+            if p.do_rescale
+            else values.astype(np.float32)
+        )
+        table = np.repeat(x[None, :], 3, axis=0)
+        if p.do_normalize:
+            mean = np.array(_per_channel(p.image_mean), dtype=np.float32)[:, None]
+            std = np.array(_per_channel(p.image_std), dtype=np.float32)[:, None]
+            table = (table - mean) / std
+        return cls(shortest, size, int(p.resample), crop, table.astype(np.float32))
 
     @property
     def output_shape(self) -> tuple[int, int]:
@@ -133,9 +132,7 @@ class ImageInputs:
         if self.crop is not None:
             ch, cw = self.crop
             h, w = resized.shape[:2]
-            top, left = (h - ch) // 2, (w - cw) // 2
-            if top < 0 or left < 0:
-                raise ValueError("crop larger than the resized image")
+            top, left = (h - ch) // 2, (w - cw) // 2  # never negative (checked in _from)
             resized = resized[top : top + ch, left : left + cw]
         return resized
 

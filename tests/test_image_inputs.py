@@ -85,3 +85,11 @@ def test_fast_path_is_refused_where_it_would_differ(tiny_model_dir: Path) -> Non
         assert ImageInputs.of(model) is None
     finally:
         processor.do_pad = False
+    crop = dict(processor.crop_size)
+    edge = dict(processor.size)["shortest_edge"]
+    processor.crop_size = {"height": edge + 8, "width": edge + 8}  # padded by the processor
+    try:
+        assert ImageInputs.of(model) is None
+    finally:
+        processor.crop_size = crop
+    assert ImageInputs.of(model) is not None
