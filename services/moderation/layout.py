@@ -314,6 +314,7 @@ WARP_CELLS = 16  # the grid (of SIDE / WARP_CELLS px cells) a keypoint match is 
 REFITS = 6
 REFIT_SHARE = 0.7
 BEYOND_SHARE = 0.1
+BEYOND_PX = 2  # the strip outside each edge it is measured on
 EDGE_PX = 2  # pixels along such an edge left out of its cells (of SIDE / WARP_CELLS)
 
 
@@ -353,12 +354,9 @@ def warped_agreement(
         (SIDE, SIDE),
         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
     )
-    covered = cv2.warpAffine(
-        np.full((SIDE, SIDE), 255, np.uint8),
-        inverse,
-        (SIDE, SIDE),
-        flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-    )
+    # What the query covers of the flagged thumbnail and of a strip just outside it.
+    around = _coverage(inverse, BEYOND_PX)
+    covered = around[BEYOND_PX:-BEYOND_PX, BEYOND_PX:-BEYOND_PX]
     step = SIDE // WARP_CELLS
 
     # Where the query goes on past the edge of a flagged picture that fills its frame (a
@@ -371,7 +369,7 @@ def warped_agreement(
     # and what goes past its box is a caption, whose edge cells are evidence.
     weight = np.ones((SIDE, SIDE, 1), np.float32)
     filled = flagged.shape[-1] < 4 or not flagged[..., 3].any()
-    top, bottom, left, right = _beyond(inverse) if filled else (False,) * 4
+    top, bottom, left, right = _beyond(around) if filled else (False,) * 4
     weight[:EDGE_PX] *= not top
     weight[SIDE - EDGE_PX :] *= not bottom
     weight[:, :EDGE_PX] *= not left
@@ -404,28 +402,28 @@ def warped_agreement(
     return float(agree.sum() / inside.sum())
 
 
-def _beyond(inverse: np.ndarray, margin: int = 2) -> tuple[bool, bool, bool, bool]:
-    """Whether the query goes on past the flagged thumbnail's top, bottom, left and right
-    edges: covers more than ``BEYOND_SHARE`` of the strip ``margin`` px wide outside
-    each (``inverse``: flagged thumbnail pixel to query thumbnail pixel, as
-    ``warped_agreement`` makes it). A turn of two degrees leaves a sliver along each side,
-    thickest at one end, and it blends into the edge cells all along."""
-    side = SIDE + 2 * margin
+def _coverage(inverse: np.ndarray, margin: int) -> np.ndarray:
+    """255 where the query covers the flagged thumbnail grown by ``margin`` px each side
+    (``inverse``: flagged thumbnail pixel to query thumbnail pixel)."""
     shifted = inverse.copy()
     shifted[:, 2] -= inverse[:, :2] @ np.array([margin, margin], dtype=np.float64)
-    covered = cv2.warpAffine(
+    side = SIDE + 2 * margin
+    return cv2.warpAffine(
         np.full((SIDE, SIDE), 255, np.uint8),
         shifted,
         (side, side),
         flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
     )
-    inner = slice(margin, side - margin)
-    strips = (
-        covered[:margin, inner],
-        covered[-margin:, inner],
-        covered[inner, :margin],
-        covered[inner, -margin:],
-    )
+
+
+def _beyond(around: np.ndarray) -> tuple[bool, bool, bool, bool]:
+    """Whether the query goes on past the flagged thumbnail's top, bottom, left and right
+    edges: covers more than ``BEYOND_SHARE`` of the ``BEYOND_PX`` strip outside each
+    (``around``: :func:`_coverage`). A turn of two degrees leaves a sliver along each
+    side, thickest at one end, and it blends into the edge cells all along."""
+    m = BEYOND_PX
+    inner = slice(m, -m)
+    strips = (around[:m, inner], around[-m:, inner], around[inner, :m], around[inner, -m:])
     top, bottom, left, right = (float(strip.mean()) > BEYOND_SHARE * 255 for strip in strips)
     return top, bottom, left, right
 
