@@ -8,9 +8,10 @@ what matches the frame's colour, repeatedly (a frame around a white canvas aroun
 object), and at photometrically normalised values. Inside a plain canvas, the box holds
 the substantial shapes only: a caption or watermark typed onto the white beside a
 product is thin strokes, and would otherwise stretch the box and shrink the product in
-it. Where a rotation filled the corners around a plain canvas (black, as most editors
-leave them), the fill is painted in the canvas's colour first, so the copy trims to its
-object as the original did.
+it; so would a banner laid across the canvas's edge (an opaque caption bar), which is
+trimmed with the canvas. Where a rotation filled the corners around a plain canvas
+(black, as most editors leave them), the fill is painted in the canvas's colour first,
+so the copy trims to its object as the original did.
 """
 
 from __future__ import annotations
@@ -55,6 +56,13 @@ STD_FLOOR = 20.0  # the least spread (0-255) normalisation divides by
 # leaves a third of its bounding box to the fill (1 - 1 / (cos + sin)^2).
 MAX_FILL = 0.35
 PLAIN_RING = 0.8  # the share of pixels just inside the fill that show one canvas colour
+# A banner laid across an edge of a plain canvas (an opaque caption bar, "SALE" on black):
+# its outer and inner rows are this share one colour other than the canvas's, each row
+# between at least BANNER_SHARE (the rest is its text), and it reaches at most
+# BANNER_DEPTH of the picture in.
+BANNER_EDGE = 0.9
+BANNER_SHARE = 0.25
+BANNER_DEPTH = 0.25
 
 
 @dataclass(frozen=True)
@@ -165,6 +173,29 @@ def _corners(fill: np.ndarray) -> np.ndarray:
     return fill & keep
 
 
+def _banners(small: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """Where banners lie across the canvas's edges (True), so the box holds the object
+    and not the bar under it. Beside a small object a banner is most of what differs from
+    the canvas: the box would run from edge to edge, and the object, shrunk in it, fall
+    out of the scale range keypoints are matched over."""
+    out = np.zeros(small.shape[:2], bool)
+    for turns in range(4):  # top, then each other edge turned to the top
+        a = np.rot90(small, turns)
+        band = np.rot90(out, turns)  # a view: writing to it writes to ``out``
+        edge = np.median(a[0], axis=0)
+        if float(np.abs(edge - colour).max()) <= BOX_TOLERANCE:
+            continue  # the canvas itself runs along this edge
+        near = _difference(a, edge) <= FRAME_SPREAD * 2
+        shares = near.mean(axis=1)
+        if shares[0] < BANNER_EDGE:
+            continue
+        deepest = int(BANNER_DEPTH * a.shape[0])
+        run = int(np.argmin(np.append(shares[:deepest] >= BANNER_SHARE, False)))
+        edges = np.flatnonzero(shares[:run] >= BANNER_EDGE)  # its inner margin, the last
+        band[: edges[-1] + 1] = True
+    return out
+
+
 def _unfilled(full: np.ndarray) -> np.ndarray:
     """The image with what a rotation filled around a plain canvas (black corners, as
     most editors leave them) painted in the canvas's colour, so the canvas trims as the
@@ -253,6 +284,8 @@ def content(image: Image.Image) -> Content | None:
         if not _frame_is_uniform(small, colour):
             break
         differs = (_difference(small, colour) > BOX_TOLERANCE).astype(np.uint8)
+        if background is None:  # banners are laid over the picture as a whole
+            differs[_banners(small, colour)] = 0
         box = _box(differs)
         if box is None:
             return None
