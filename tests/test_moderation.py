@@ -1252,3 +1252,33 @@ def test_a_small_object_is_caught_under_a_banner_or_a_caption_across_it(
     rocket = _on_white(photos["rocket"].crop((100, 80, 350, 400)), 200, (200, 40))
     verdict = flagged.check_bytes(jpeg(_banner(rocket, "SALE -50%", bottom=True), 85))
     assert not verdict.quarantined, verdict.matches
+
+
+def test_a_small_object_padded_in_another_colour_trims_to_it(
+    encoder, photos: dict[str, Image.Image], tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """An object a quarter of its white canvas's side, the canvas then padded in yellow,
+    blue or red. The padding was trimmed, but the box kept a sliver of it (found on a
+    shrunk copy, and JPEG bleeds a colour's chroma a few pixels into the white), and the
+    sliver stopped the next pass: the copy's content was the whole 480 px canvas, the
+    object a quarter of it (an outside attack: 0.83 of such copies caught). And an
+    object this small (under 128 px) was never verified by keypoints at all."""
+    flagged = _real_set(encoder, tmp_path)
+    shot = _on_white(photos["astronaut"].crop((160, 20, 330, 215)), 120, (60, 300))
+    entry = flagged.add_image(jpeg(shot, 95), "prohibited", "face")
+    assert entry.verifiable
+    for colour, (left, top, right, bottom) in (
+        ((250, 210, 0), (40, 90, 20, 110)),
+        ((30, 60, 200), (100, 30, 70, 50)),
+        ((200, 30, 30), (25, 25, 120, 60)),
+    ):
+        padded = Image.new("RGB", (480 + left + right, 480 + top + bottom), colour)
+        padded.paste(shot, (left, top))
+        data = jpeg(padded, 80)
+        found = content(Image.open(io.BytesIO(data)))
+        assert found is not None and found.background is not None, colour
+        assert max(found.image.size) <= 130, (colour, found.image.size)  # the face, not the canvas
+        assert min(found.background) >= 230, (colour, found.background)  # trimmed from white
+        verdict = flagged.check_bytes(data)
+        assert [m.entry_id for m in verdict.matches] == [entry.id], colour
+        assert verdict.matches[0].signal == "keypoints", colour

@@ -56,6 +56,7 @@ STD_FLOOR = 20.0  # the least spread (0-255) normalisation divides by
 # leaves a third of its bounding box to the fill (1 - 1 / (cos + sin)^2).
 MAX_FILL = 0.35
 PLAIN_RING = 0.8  # the share of pixels just inside the fill that show one canvas colour
+JPEG_BLEED = 4  # pixels a frame's colour bleeds into what it frames, once JPEG-compressed
 # A banner laid across an edge of a plain canvas (an opaque caption bar, "SALE" on black):
 # its outer and inner rows are this share one colour other than the canvas's, each row
 # between at least BANNER_SHARE (the rest is its text), and it reaches at most
@@ -257,6 +258,42 @@ def _fill(small: np.ndarray, colour: np.ndarray) -> tuple[np.ndarray | None, np.
     return fill, canvas
 
 
+def _shrunk(region: np.ndarray, scale: float) -> np.ndarray:
+    if scale == 1.0:
+        return region
+    h, w = region.shape[:2]
+    size = (max(2, round(w * scale)), max(2, round(h * scale)))
+    return cv2.resize(region, size, interpolation=cv2.INTER_AREA)
+
+
+def _inset(
+    full: np.ndarray,
+    box: tuple[int, int, int, int],
+    trimmed: tuple[int, int, int],
+    scale: float,
+) -> tuple[int, int, int, int] | None:
+    """``box`` without the sliver of the frame just trimmed, or None where there is
+    none to take off.
+
+    The box is found on a shrunk copy (``scale``), whose pixel across the frame's edge
+    blends frame and canvas, and JPEG bleeds a frame's colour a few pixels into the
+    canvas (chroma at half resolution). Along a canvas padded in another colour, that
+    sliver became the next pass's frame, or made it look uneven, and the canvas inside
+    was never trimmed (a small object padded in blue or yellow kept its whole 480 px
+    canvas). The box taken that many pixels in counts when its frame is one colour
+    other than the one trimmed (``trimmed``)."""
+    left, top, right, bottom = box
+    m = math.ceil(1 / scale) + JPEG_BLEED
+    if right - left <= 4 * m or bottom - top <= 4 * m:
+        return None
+    inner = full[top + m : bottom - m, left + m : right - m]
+    small = _shrunk(inner, min(1.0, _WORK_SIDE / max(inner.shape[:2])))
+    colour = _frame_colour(small)
+    if _frame_is_uniform(small, colour) and float(np.abs(colour - trimmed).max()) > BOX_TOLERANCE:
+        return left + m, top + m, right - m, bottom - m
+    return None
+
+
 def content(image: Image.Image) -> Content | None:
     """The image with uniform borders trimmed (up to three frames), or None when nothing
     but a uniform colour is left (no content to compare by pixels)."""
@@ -267,22 +304,27 @@ def content(image: Image.Image) -> Content | None:
         rgb = Image.fromarray(full)
     background: tuple[int, int, int] | None = None
     left, top, right, bottom = 0, 0, rgb.size[0], rgb.size[1]  # the box so far, in pixels
+    scale = 1.0
     for _ in range(3):
         w, h = right - left, bottom - top
-        scale = min(1.0, _WORK_SIDE / max(w, h))
         region = full[top:bottom, left:right]
-        small = (
-            region
-            if scale == 1.0
-            else cv2.resize(
-                region,
-                (max(2, round(w * scale)), max(2, round(h * scale))),
-                interpolation=cv2.INTER_AREA,
-            )
-        )
+        small = _shrunk(region, min(1.0, _WORK_SIDE / max(w, h)))
         colour = _frame_colour(small)
-        if not _frame_is_uniform(small, colour):
+        uniform = _frame_is_uniform(small, colour)
+        inset = None
+        if background is not None and (
+            not uniform or float(np.abs(colour - background).max()) <= BOX_TOLERANCE
+        ):
+            inset = _inset(full, (left, top, right, bottom), background, scale)
+        if inset is not None:  # a sliver of the last frame around another one
+            left, top, right, bottom = inset
+            w, h = right - left, bottom - top
+            region = full[top:bottom, left:right]
+            small = _shrunk(region, min(1.0, _WORK_SIDE / max(w, h)))
+            colour = _frame_colour(small)
+        elif not uniform:
             break
+        scale = min(1.0, _WORK_SIDE / max(w, h))
         differs = (_difference(small, colour) > BOX_TOLERANCE).astype(np.uint8)
         if background is None:  # banners are laid over the picture as a whole
             differs[_banners(small, colour)] = 0
