@@ -9,9 +9,10 @@ object), and at photometrically normalised values. Inside a plain canvas, the bo
 the substantial shapes only: a caption or watermark typed onto the white beside a
 product is thin strokes, and would otherwise stretch the box and shrink the product in
 it; so would a banner laid across the canvas's edge (an opaque caption bar), which is
-trimmed with the canvas. Where a rotation filled the corners around a plain canvas
-(black, as most editors leave them), the fill is painted in the canvas's colour first,
-so the copy trims to its object as the original did.
+trimmed with the canvas, or a translucent strip across it, whose colour is. Where a
+rotation filled the corners around a plain canvas (black, as most editors leave them),
+the fill is painted in the canvas's colour first, so the copy trims to its object as
+the original did.
 """
 
 from __future__ import annotations
@@ -194,6 +195,35 @@ def _banners(small: np.ndarray, colour: np.ndarray) -> np.ndarray:
         run = int(np.argmin(np.append(shares[:deepest] >= BANNER_SHARE, False)))
         edges = np.flatnonzero(shares[:run] >= BANNER_EDGE)  # its inner margin, the last
         band[: edges[-1] + 1] = True
+    for turns in (0, 1):  # strips across the middle, along rows, then along columns
+        a = np.rot90(small, turns)
+        np.rot90(out, turns)[_strips(a, colour)] = True
+    return out
+
+
+def _strips(a: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """The pixels of strips laid across the canvas from side to side (a translucent
+    band, a ribbon): rows whose two ends show one colour other than the canvas's, as
+    most of the row does, no more than ``BANNER_DEPTH`` of them in a run. Only the
+    strip's own colour is taken, so an object it crosses keeps its box; a strip beside
+    a small object made the box three times the object's height."""
+    ends = a[:, [0, -1]].astype(np.int16)
+    tone = ends.mean(axis=1)
+    near = np.abs(a.astype(np.int16) - tone[:, None, :]).max(axis=2) <= FRAME_SPREAD * 2
+    rows = (
+        (np.abs(ends[:, 0] - ends[:, 1]).max(axis=1) <= FRAME_SPREAD * 2)
+        & (np.abs(tone - colour).max(axis=1) > BOX_TOLERANCE)
+        & (near.mean(axis=1) >= BANNER_SHARE)
+    )
+    out = np.zeros(a.shape[:2], bool)
+    start = None
+    for y, flag in enumerate([*rows.tolist(), False]):
+        if flag and start is None:
+            start = y
+        elif not flag and start is not None:
+            if 2 <= y - start <= BANNER_DEPTH * a.shape[0]:
+                out[start:y] = near[start:y]
+            start = None
     return out
 
 

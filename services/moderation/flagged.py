@@ -115,8 +115,9 @@ VOTE_CHECKS = 32
 # 3: the keypoints of entries that do not verify, kept to confirm; 4: a rotation's filled
 # corners painted in the canvas's colour before trimming; 5: only the corner triangles;
 # 6: the corner fills of turns that kept the picture's size; 7: keypoints spread over
-# the picture, banners across a canvas's edge trimmed, content from 96 px verified).
-PIXELS_VERSION = 7
+# the picture, banners across a canvas's edge trimmed; 8: content from 96 px verified,
+# a trimmed frame's sliver taken off, strips across a canvas left out of the box).
+PIXELS_VERSION = 8
 VOTERS = 300  # about this many of a query's keypoints vote (a copy's win by dozens)
 VIEWS = 4  # voting views per entry: content, its mirror, frame, the frame's mirror
 # An entry's mirror view is matched after the entry itself falls short only when the
