@@ -209,13 +209,18 @@ def _strips(a: np.ndarray, colour: np.ndarray) -> np.ndarray:
     a small object made the box three times the object's height."""
     ends = a[:, [0, -1]].astype(np.int16)
     tone = ends.mean(axis=1)
-    near = np.abs(a.astype(np.int16) - tone[:, None, :]).max(axis=2) <= FRAME_SPREAD * 2
-    rows = (
-        (np.abs(ends[:, 0] - ends[:, 1]).max(axis=1) <= FRAME_SPREAD * 2)
-        & (np.abs(tone - colour).max(axis=1) > BOX_TOLERANCE)
-        & (near.mean(axis=1) >= BANNER_SHARE)
+    rows = (np.abs(ends[:, 0] - ends[:, 1]).max(axis=1) <= FRAME_SPREAD * 2) & (
+        np.abs(tone - colour).max(axis=1) > BOX_TOLERANCE
     )
     out = np.zeros(a.shape[:2], bool)
+    if not rows.any():
+        return out  # most pictures: the canvas reaches both sides of every row
+    near = np.zeros(a.shape[:2], bool)
+    picked = np.flatnonzero(rows)
+    near[picked] = (
+        np.abs(a[picked].astype(np.int16) - tone[picked, None, :]).max(axis=2) <= FRAME_SPREAD * 2
+    )
+    rows &= near.mean(axis=1) >= BANNER_SHARE
     start = None
     for y, flag in enumerate([*rows.tolist(), False]):
         if flag and start is None:
