@@ -178,6 +178,13 @@ def test_content_trims_frames_and_captions_but_keeps_scenes() -> None:
     found = content(scene)
     assert found is not None and found.image.size == (300, 200) and found.background is None
     assert content(Image.new("RGB", (200, 200), "white")) is None
+    # Pictures a few pixels high or wide, with a coloured edge (too low for a banner):
+    # trimmed or not, never an error.
+    for shape in ((3, 40), (40, 3), (2, 2), (4, 60)):
+        strip = np.full((*shape, 3), 255, np.uint8)
+        strip[0], strip[:, 0] = (200, 0, 0), (200, 0, 0)
+        strip[shape[0] // 2, shape[1] // 2] = 0
+        content(Image.fromarray(strip))
 
 
 def _entry(kind: EntryKind, threshold: float | None = None, category: str = "c") -> FlaggedEntry:

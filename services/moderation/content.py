@@ -194,7 +194,8 @@ def _banners(small: np.ndarray, colour: np.ndarray) -> np.ndarray:
         deepest = int(BANNER_DEPTH * a.shape[0])
         run = int(np.argmin(np.append(shares[:deepest] >= BANNER_SHARE, False)))
         edges = np.flatnonzero(shares[:run] >= BANNER_EDGE)  # its inner margin, the last
-        band[: edges[-1] + 1] = True
+        if len(edges):  # none in a picture too low for a banner
+            band[: edges[-1] + 1] = True
     for turns in (0, 1):  # strips across the middle, along rows, then along columns
         a = np.rot90(small, turns)
         np.rot90(out, turns)[_strips(a, colour)] = True
