@@ -40,7 +40,7 @@ from services.moderation.flagged import (
     hash_variants,
     phash,
 )
-from services.moderation.keypoints import Features, geometric, two_nearest
+from services.moderation.keypoints import Features, geometric, spread, two_nearest
 from services.moderation.keypoints import features as keypoint_features
 from services.moderation.layout import (
     CELLS,
@@ -121,6 +121,36 @@ def test_hamming_and_hash_variants_against_bit_counts() -> None:
     assert phash(found.image) in variants
     assert phash(ImageOps.mirror(found.image)) in variants
     assert len(variants) >= 10
+
+
+def test_kept_keypoints_are_spread_over_the_grid_as_a_brute_force_pick_is() -> None:
+    """Each cell's strongest first, up to an equal share, then the strongest left: the
+    same set as a plain loop over the keypoints by strength picks."""
+    rng = np.random.default_rng(3)
+    size = (320, 240)
+    for n in (500, 2500):
+        # Crowded where a caption would be: half the keypoints in one strip.
+        xs = np.concatenate([rng.uniform(0, 320, n // 2), rng.uniform(0, 320, n - n // 2)])
+        ys = np.concatenate([rng.uniform(0, 240, n // 2), rng.uniform(100, 130, n - n // 2)])
+        strengths = rng.random(n).astype(np.float32)
+        points = [
+            cv2.KeyPoint(float(x), float(y), 31.0, -1, float(r))
+            for x, y, r in zip(xs, ys, strengths, strict=True)
+        ]
+        kept = set(spread(points, size).tolist())
+        grid, most = 8, 1000
+        if n <= most:
+            assert kept == set(range(n))
+            continue
+        quota, taken, chosen = most // (grid * grid), {}, []
+        for i in sorted(range(n), key=lambda i: -strengths[i]):
+            cell = (min(int(ys[i] * grid / 240), 7), min(int(xs[i] * grid / 320), 7))
+            if taken.get(cell, 0) < quota:
+                taken[cell] = taken.get(cell, 0) + 1
+                chosen.append(i)
+        rest = [i for i in sorted(range(n), key=lambda i: -strengths[i]) if i not in set(chosen)]
+        assert kept == set(chosen) | set(rest[: most - len(chosen)])
+        assert len(kept) == most
 
 
 def test_two_nearest_descriptors_against_bit_counts() -> None:

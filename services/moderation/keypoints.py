@@ -99,7 +99,7 @@ def _detector() -> Any:
     return cv2.ORB_create(nfeatures=DETECTED, fastThreshold=20)  # type: ignore[attr-defined]
 
 
-def _spread(keypoints: Any, size: tuple[int, int]) -> np.ndarray:
+def spread(keypoints: Any, size: tuple[int, int]) -> np.ndarray:
     """Which keypoints to keep (indices): the strongest of each grid cell first.
 
     Taken by strength alone, the keypoints go where the contrast is: a caption's
@@ -143,7 +143,7 @@ def features(found: Content, mirror: bool = False) -> Features | None:
         return None
     # Descriptors of the kept ones only (the same as of all, then picked; 1-3 ms less).
     keypoints, descriptors = orb.compute(
-        grey, [found_points[i] for i in _spread(found_points, size)]
+        grey, [found_points[i] for i in spread(found_points, size)]
     )
     if descriptors is None or len(keypoints) < MIN_FEATURES:
         return None
