@@ -395,6 +395,10 @@ def build_runtime(
     if isinstance(dispatcher, LocalQueue):
         q = settings.queue
         runtime.worker = LocalWorker(
-            dispatcher, runtime.execute, settings.ingest_batch_size, q.batch_max_wait_s
+            dispatcher,
+            runtime.execute,
+            settings.ingest_batch_size,
+            q.batch_max_wait_s,
+            ready_size=settings.batch_size,
         )
     return runtime

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -188,6 +189,58 @@ def test_a_failure_preparing_ahead_is_left_to_the_commit(
     _settle(runtime)
     assert runtime.jobs.store.get(job_id).counts["done"] == 6
     assert all(runtime.thumbnails.exists(i) for i in ids)
+
+
+def test_a_chunk_whose_embedding_fails_leaves_no_thumbnails(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thumbnails are written beside the model, on an I/O thread: when the model fails,
+    the ones already written go again, and the items fail with the reason."""
+
+    def broken(inputs: object) -> object:
+        raise RuntimeError("the model fell over")
+
+    monkeypatch.setattr(runtime.encoder, "encode_preprocessed", broken)
+    monkeypatch.setattr(runtime.encoder, "encode_images", broken)
+    ids = [runtime.store.put(jpeg_bytes(450 + i, size=(320, 240))) for i in range(5)]
+    job_id = runtime.uploads.ingest_stored(ADMIN, ids)
+    _settle(runtime)
+    job = runtime.jobs.store.get(job_id)
+    assert job.counts["failed"] == 5
+    reasons = {i["reason"] for i in runtime.jobs.failed_items(ADMIN, job_id)}
+    assert reasons == {"internal error: RuntimeError: the model fell over"}
+    assert not any(runtime.thumbnails.exists(i) for i in ids)
+    assert not runtime.index.retrieve(runtime.collections.images, [point_id(i) for i in ids])
+
+
+def test_the_local_worker_starts_a_full_model_batch_without_waiting_for_more() -> None:
+    """Ingest messages wait up to ``max_wait_s`` for company, but once a model batch is in
+    hand and nothing more is queued, waiting only delays it."""
+    from services.jobs.dispatch import LocalQueue, LocalWorker
+    from services.jobs.kinds import Kind
+
+    batches: list[tuple[float, int]] = []
+
+    def execute(kind: Kind, payloads: object) -> set[int]:
+        batches.append((time.monotonic(), len(payloads)))  # type: ignore[arg-type]
+        return set()
+
+    messages = LocalQueue()
+    worker = LocalWorker(messages, execute, batch_size=64, max_wait_s=30.0, ready_size=4)
+    started = time.monotonic()
+    messages.publish(Kind.INGEST, [{"n": i} for i in range(10)])
+    assert messages.join(timeout_s=10)
+    assert sum(n for _, n in batches) == 10
+    assert batches[0][0] - started < 10  # not the 30 s a partial batch may wait
+    # Fewer than a model batch still wait for company, as before.
+    batches.clear()
+    few = LocalWorker(LocalQueue(), execute, batch_size=64, max_wait_s=0.5, ready_size=4)
+    begun = time.monotonic()
+    few.queue.publish(Kind.INGEST, [{"n": 0}, {"n": 1}])
+    assert few.queue.join(timeout_s=10)
+    assert batches == [(batches[0][0], 2)] and batches[0][0] - begun >= 0.45
+    worker.close()
+    few.close()
 
 
 def test_upload_refuses_bad_items_and_stores_nothing_for_them(runtime: Runtime) -> None:

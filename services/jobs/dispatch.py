@@ -115,15 +115,23 @@ class LocalQueue:
 class LocalWorker:
     """A background thread running what a ``LocalQueue`` holds, as a Celery worker would:
     ingest messages are batched (up to ``batch_size``, waiting at most ``max_wait_s`` after
-    the first), every other kind runs one message at a time."""
+    the first, and not at all once ``ready_size`` are in hand and none is waiting: a full
+    model batch is worth starting rather than holding for stragglers), every other kind
+    runs one message at a time."""
 
     def __init__(
-        self, messages: LocalQueue, execute: Executor, batch_size: int, max_wait_s: float
+        self,
+        messages: LocalQueue,
+        execute: Executor,
+        batch_size: int,
+        max_wait_s: float,
+        ready_size: int | None = None,
     ) -> None:
         self.queue = messages
         self.execute = execute
         self.batch_size = batch_size
         self.max_wait_s = max_wait_s
+        self.ready_size = ready_size or batch_size
         self._thread = threading.Thread(target=self._run, name="sightline-queue", daemon=True)
         self._thread.start()
 
@@ -140,6 +148,8 @@ class LocalWorker:
                 deadline = time.monotonic() + self.max_wait_s
                 while len(batch) < self.batch_size:
                     remaining = deadline - time.monotonic()
+                    if len(batch) >= self.ready_size:
+                        remaining = 0.0
                     try:
                         nxt = (
                             source.get(timeout=remaining) if remaining > 0 else source.get_nowait()
