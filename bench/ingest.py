@@ -109,21 +109,26 @@ def bench_model(
     decoded = [Image.open(io.BytesIO(p)).convert("RGB") for p in photos]
     warmup = product_photos(BATCH, seed=99)
     warm = [Image.open(io.BytesIO(p)).convert("RGB") for p in warmup]
-    encoders = {}
+    encoders: dict[str, Encoder] = {}
+    workers: dict[str, Encoder] = {}
     for name in runtimes:
-        encoder = Encoder(
-            str(path),
-            device=device,
-            batch_size=BATCH,
-            runtime=name,
-            onnx_cache=OUT / "onnx",
-            threads=threads,
-        )
-        encoder.load()  # exports and gates the ONNX towers on the first run
-        if encoder.runtime_active.value != name:
-            raise SystemExit(f"{name}: {encoder.runtime_note}")
-        encoder.encode_images(warm)
-        encoders[name] = encoder
+        # The batched encode with the model set up for queries (onnxruntime's threads
+        # spinning), the pipeline with the model as `sightline worker` sets it up.
+        for spin, into in ((True, encoders), (Settings().for_worker().spin, workers)):
+            encoder = Encoder(
+                str(path),
+                device=device,
+                batch_size=BATCH,
+                runtime=name,
+                onnx_cache=OUT / "onnx",
+                threads=threads,
+                spin=bool(spin),
+            )
+            encoder.load()  # exports and gates the ONNX towers on the first run
+            if encoder.runtime_active.value != name:
+                raise SystemExit(f"{name}: {encoder.runtime_note}")
+            encoder.encode_images(warm)
+            into[name] = encoder
     work = OUT / "work" / kind
     shutil.rmtree(work, ignore_errors=True)
     torch_encoder = encoders.get("torch") or next(iter(encoders.values()))
@@ -164,7 +169,7 @@ def bench_model(
     for _ in range(repeat):
         for name, encoder in encoders.items():
             runs.setdefault((name, "plain"), []).append(plain(encoder))
-            runs.setdefault((name, "pipeline"), []).append(pipeline(encoder))
+            runs.setdefault((name, "pipeline"), []).append(pipeline(workers[name]))
             if pool is not None:
                 mode = precision if name == "torch" else "fp32"
                 runs.setdefault((name, "end"), []).append(

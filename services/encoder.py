@@ -144,11 +144,13 @@ class Encoder:
         runtime: str = "torch",
         onnx_cache: Path | None = None,
         threads: int | None = None,
+        spin: bool = True,
     ) -> None:
         self.model_name = model_name
         self.runtime = InferenceRuntime(runtime)
         self.onnx_cache = onnx_cache
         self.threads = threads
+        self.spin = spin  # onnxruntime's threads spin-wait between operators
         self._towers: Towers | None = None
         # The image processor's fast path, where it reproduces the processor exactly.
         self._pixels: ImageInputs | None = None
@@ -258,6 +260,7 @@ class Encoder:
                     self._text_model is None,
                     self._torch_encode,
                     self._pixels,
+                    self.spin,
                 )
             except Exception as e:  # any export, quantization or session failure falls back
                 notes.append(

@@ -196,6 +196,7 @@ def build_encoder(settings: Settings) -> Encoder:
         runtime=settings.runtime,
         onnx_cache=settings.onnx_path,
         threads=settings.inference_threads,
+        spin=settings.spin is not False,
     )
 
 

@@ -364,6 +364,12 @@ class Settings(BaseSettings):
     processes: int = Field(
         default=1, ge=1, le=512, description="Processes on this host that each run the model."
     )
+    spin: bool | None = Field(
+        default=None,
+        description="Whether onnxruntime's threads spin-wait between operators: the lowest "
+        "latency where the model runs alone (queries), but slower where a worker's decode "
+        "thread shares the cores. Unset: off in `sightline worker` processes, on elsewhere.",
+    )
     query_cache_size: int = Field(
         default=1024, ge=0, le=1_000_000, description="Text-query vectors kept per process."
     )
@@ -390,6 +396,14 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
+
+    def for_worker(self) -> Settings:
+        """These settings as an ingest worker process runs them: unless configured,
+        onnxruntime's threads do not spin, so the decode thread that prepares the next
+        batch is not held off the cores."""
+        if self.spin is None:
+            return self.model_copy(update={"spin": False})
+        return self
 
     @property
     def ingest_batch_size(self) -> int:

@@ -113,3 +113,32 @@ def test_threads_share_the_cores_among_processes(
     assert Settings(processes=4, threads=3).inference_threads == 3
     monkeypatch.setenv("SIGHTLINE_RUNTIME", "onnx-int8")
     assert Settings().runtime == "onnx-int8"
+
+
+def test_worker_sessions_do_not_spin_unless_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnxruntime's threads spin between operators for queries, and not in ingest
+    workers, whose decode thread needs the cores; an explicit setting wins either way."""
+    from services.runtime import build_encoder
+
+    assert Settings().for_worker().spin is False
+    monkeypatch.setenv("SIGHTLINE_SPIN", "true")
+    assert Settings().for_worker().spin is True
+    monkeypatch.delenv("SIGHTLINE_SPIN")
+
+    def spinning(settings: Settings) -> set[str]:
+        encoder = build_encoder(settings)
+        encoder.load()
+        towers = encoder._towers
+        assert towers is not None and towers.text is not None
+        return {
+            session.get_session_options().get_session_config_entry(
+                "session.intra_op.allow_spinning"
+            )
+            for session in (towers.image, towers.text)
+        }
+
+    base = Settings(model=str(DEMO_MODEL), runtime="onnx", onnx_cache=tmp_path / "onnx")
+    assert spinning(base) == {"1"}
+    assert spinning(base.for_worker()) == {"0"}

@@ -46,7 +46,7 @@ class _RuntimeMixin:
 def worker_runtime() -> Runtime:
     """Build (once per process) and open the runtime: loads the model, opens the index."""
     if _RuntimeMixin._runtime is None:
-        settings = load_settings()
+        settings = load_settings().for_worker()
         runtime = build_runtime(settings, dispatcher_for(settings))
         runtime.open()
         _RuntimeMixin._runtime = runtime
