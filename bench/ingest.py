@@ -7,7 +7,8 @@ ViT-B/32-architecture CLIP, the production default's compute), on the same JPEG 
   the model's own limit, no decoding, no storage.
 - ``naive loop``: what a one-off script does: decode, encode one image, upsert one point.
 - ``worker pipeline``: image.uploaded events -> decode -> embed in batches -> upsert
-  (``Pipeline.ingest_events``, the code the Celery workers run, fed by the in-process queue).
+  (``Pipeline.ingest_events``, the code the Celery workers run, fed by the in-process queue,
+  on the model set up as ``sightline worker`` sets it up: onnxruntime's threads not spinning).
   It reads the JPEG bytes itself and decodes them at the smallest DCT scale that covers
   the model's input, where the batched encode is handed full-size decoded images; its
   decode thread runs the model's processor and the thumbnails beside the model.

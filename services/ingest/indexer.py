@@ -147,13 +147,23 @@ class Indexer:
 
     def _embed_new(self, new: Sequence[Prepared]) -> None:
         # Thumbnails are written on I/O threads while the model embeds: on the model's
-        # thread each costs an fsync (about 1 ms on local disk) or an object store's round
-        # trip. They are still written before the points that show them, and removed again
-        # if the chunk fails before its points are written.
+        # thread each write costs an fsync (about 1 ms on local disk) or an object store's
+        # round trip. They are rendered here, not there, where the model wants the cores
+        # (the decode thread rendered most already). They are written before the points
+        # that show them, and the ones written are removed again if anything before the
+        # upsert fails.
+        thumbnails = self.thumbnails
+        renders = (
+            [p.thumbnail or ThumbnailStore.render(p.decoded.image) for p in new]
+            if thumbnails is not None
+            else []
+        )
         with ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="thumbnails") as io:
-            thumbnails = self.thumbnails
             written = (
-                [io.submit(_write_thumbnail, thumbnails, p) for p in new]
+                [
+                    io.submit(thumbnails.put, p.image_id, data)
+                    for p, data in zip(new, renders, strict=True)
+                ]
                 if thumbnails is not None
                 else []
             )
@@ -175,7 +185,11 @@ class Indexer:
                     done.result()
             except BaseException:
                 wait(written)
-                self._remove_thumbnails(new)
+                if thumbnails is not None:
+                    for p, done in zip(new, written, strict=True):
+                        if done.exception() is None:
+                            with contextlib.suppress(SightlineError):
+                                thumbnails.discard(p.image_id)
                 raise
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         points = []
@@ -193,21 +207,6 @@ class Indexer:
         self.index.upsert(self.collection, points)
         if verdicts is not None and self.audit is not None:
             audit_quarantines(self.audit, "system:ingest", [p.image_id for p in new], verdicts)
-
-    def _remove_thumbnails(self, new: Sequence[Prepared]) -> None:
-        """Best effort: a thumbnail left behind is remade or removed with its original."""
-        if self.thumbnails is None:
-            return
-        for p in new:
-            with contextlib.suppress(SightlineError):
-                self.thumbnails.delete(p.image_id)
-
-
-def _write_thumbnail(thumbnails: ThumbnailStore, p: Prepared) -> None:
-    if p.thumbnail is not None:
-        thumbnails.put(p.image_id, p.thumbnail)
-    else:
-        thumbnails.make(p.image_id, p.decoded.image)
 
 
 class Ingestor:

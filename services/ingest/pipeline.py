@@ -452,6 +452,7 @@ class Pipeline:
             runtime=current.runtime.value,
             onnx_cache=current.onnx_cache,
             threads=current.threads,
+            spin=current.spin,
         )
         index = self.indexer.index
         reembed(

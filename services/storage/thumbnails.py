@@ -71,6 +71,11 @@ class ThumbnailStore:
             decoded = decode_image(self.store.get(image_id), self.limits, min_side=size)
             return self.make(image_id, decoded.image, size)
 
+    def discard(self, image_id: str, size: int = DEFAULT_SIZE) -> None:
+        """Remove one size of an image's thumbnail, if there is one."""
+        with contextlib.suppress(NotFound):
+            self.blobs.delete(self.key_for(image_id, size))
+
     def delete(self, image_id: str) -> None:
         """Remove every size of an image's thumbnail."""
         for size in ALLOWED_SIZES:
