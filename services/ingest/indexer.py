@@ -148,8 +148,9 @@ class Indexer:
     def _embed_new(self, new: Sequence[Prepared]) -> None:
         # Thumbnails are written on I/O threads while the model embeds: on the model's
         # thread each write costs an fsync (about 1 ms on local disk) or an object store's
-        # round trip. They are rendered here, not there, where the model wants the cores
-        # (the decode thread rendered most already). They are written before the points
+        # round trip. Any not rendered yet (the decode thread renders most) are rendered
+        # here, not on those threads, where the work would take the model's cores. They
+        # are written before the points
         # that show them, and the ones written are removed again if anything before the
         # upsert fails.
         thumbnails = self.thumbnails
