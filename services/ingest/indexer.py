@@ -150,9 +150,8 @@ class Indexer:
         # thread each write costs an fsync (about 1 ms on local disk) or an object store's
         # round trip. Any not rendered yet (the decode thread renders most) are rendered
         # here, not on those threads, where the work would take the model's cores. They
-        # are written before the points
-        # that show them, and the ones written are removed again if anything before the
-        # upsert fails.
+        # are written before the points that show them, and the ones written are removed
+        # again if anything before the upsert fails.
         thumbnails = self.thumbnails
         renders = (
             [p.thumbnail or ThumbnailStore.render(p.decoded.image) for p in new]
