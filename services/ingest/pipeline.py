@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -141,10 +142,12 @@ class Pipeline:
         if shared:
             # Decode the next chunk on a thread (Pillow releases the GIL) while the model
             # embeds this one, so decoding hides behind the model instead of adding to it.
-            # The first chunk has the cores to itself (the model waits for it), so it is
-            # decoded on two threads: on 2 cores that halves the time before the model starts.
+            # The first chunk has the model's cores to itself (the model waits for it), so
+            # it is decoded on as many threads as the model has: on 2 cores that halves the
+            # time before the model starts.
+            cores = self.indexer.encoder.threads or os.cpu_count() or 1
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
-                pending = pool.submit(self._begin, shared[0], 2)
+                pending = pool.submit(self._begin, shared[0], cores)
                 for n in range(len(shared)):
                     loaded = pending.result()
                     if n + 1 < len(shared):
