@@ -116,6 +116,9 @@ def bench_model(
         # The batched encode with the model set up for queries (onnxruntime's threads
         # spinning), the pipeline with the model as `sightline worker` sets it up.
         for spin, into in ((True, encoders), (Settings().for_worker().spin, workers)):
+            if name == "torch" and into is workers:  # spinning is onnxruntime's alone
+                workers[name] = encoders[name]
+                continue
             encoder = Encoder(
                 str(path),
                 device=device,
