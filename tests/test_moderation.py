@@ -44,6 +44,7 @@ from services.moderation.keypoints import Features, geometric, spread, two_neare
 from services.moderation.keypoints import features as keypoint_features
 from services.moderation.layout import (
     CELLS,
+    PART_FLOOR,
     SIDE,
     TOLERANCE,
     _coarse,
@@ -638,6 +639,65 @@ def test_repeated_patterns_need_the_pixels_to_agree(encoder, tmp_path: Path) -> 
     assert verdict.quarantined
     [match] = verdict.matches
     assert match.signal == "keypoints" and (match.keypoint_agreement or 0) >= 0.6
+
+
+def test_a_render_recoloured_on_its_own_backdrop_is_not_a_copy(encoder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Renders cut from one template put dozens of keypoints on one transform, and in the
+    same place on the same backdrop a garment in another colour agrees on the backdrop's
+    cells (the synthetic world's false quarantines: a red and an orange shirt). It is
+    another picture; a copy of the render, captioned or resized, still matches."""
+    flagged = _real_set(encoder, tmp_path)
+    for seed in (7, 13, 29):
+        red = render(Product("t-shirt", "red", "plain"), seed, size=320)
+        orange = render(Product("t-shirt", "orange", "plain"), seed, size=320)
+        a, b = np.asarray(red).astype(int), np.asarray(orange).astype(int)
+        assert (np.abs(a - b).max(axis=-1) < 3).mean() > 0.7  # one backdrop, one place
+        entry = flagged.add_image(jpeg(red, 95), "prohibited", "test")
+        verdict = flagged.check_bytes(jpeg(orange, 88))
+        assert entry.id not in {m.entry_id for m in verdict.matches}, (seed, verdict.matches)
+        captioned = red.copy()
+        ImageDraw.Draw(captioned).text(
+            (30, 250), "SALE -50%", fill="white", font_size=30, stroke_width=2, stroke_fill="black"
+        )
+        for copy in (captioned, red.resize((240, 240))):
+            verdict = flagged.check_bytes(jpeg(copy, 70))
+            assert entry.id in {m.entry_id for m in verdict.matches}, seed
+
+
+def test_warped_agreement_weighs_an_object_and_its_backdrop_apart() -> None:
+    """Laid over by the true transform, a frame whose object is recoloured, or whose
+    backdrop is, agrees on the other part's cells only: less than PART_FLOOR of the
+    changed part agreeing is the agreement, whether the frame is known to surround
+    trimmed content (``canvas``) or only its outer cells are one colour. The copy itself
+    agrees."""
+    size = (320.0, 320.0)
+    same = _similarity(0.0, 1.0, (0.0, 0.0))
+
+    def frame(garment: tuple[int, int, int], backdrop: tuple[int, int, int]) -> np.ndarray:
+        picture = Image.new("RGB", (320, 320), backdrop)
+        ImageDraw.Draw(picture).polygon(
+            [
+                (90, 70),
+                (230, 70),
+                (270, 130),
+                (230, 150),
+                (230, 260),
+                (90, 260),
+                (90, 150),
+                (50, 130),
+            ],
+            fill=garment,
+            outline=(60, 60, 60),
+        )
+        return layout_thumbnail(Content(picture, None))
+
+    flagged = frame((205, 30, 35), (150, 160, 150))
+    copy = warped_agreement(flagged, size, flagged, size, same, canvas=True)
+    assert copy is not None and copy >= 0.95
+    for other in (frame((240, 130, 20), (150, 160, 150)), frame((205, 30, 35), (90, 85, 75))):
+        for canvas in (True, False):
+            found = warped_agreement(other, size, flagged, size, same, canvas=canvas)
+            assert found is not None and found < PART_FLOOR, (found, canvas)
 
 
 def test_a_texture_whose_frame_looks_uniform_keeps_its_whole_frame(

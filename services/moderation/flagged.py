@@ -41,7 +41,12 @@ hash rules only where the layout was compared and reaches ``layout_floor`` (or, 
 scan whose original is gone, on the stored hash alone). For a verifiable entry the
 layout and hash rules also need ``keypoint_floor`` agreeing keypoints whose transform
 lays agreeing pixels over the entry: a layout or hash coincidence between two different
-pictures is common, one their keypoints confirm is not. Fewer than ``keypoint_threshold``
+pictures is common, one their keypoints confirm is not; for an entry that is not
+verifiable, its kept keypoints refuse them where the pixels under their transform agree
+on less than ``keypoint_agreement_floor``. Pixels agree only where the object and, in a
+whole frame, its backdrop each agree in part (``layout.PART_FLOOR``): renders cut from
+one template in another colour, or (compared by frames) on another backdrop, are other
+pictures. Fewer than ``keypoint_threshold``
 agreeing keypoints are refused where the aligned layouts disagree (under
 ``layout_veto``): a few glyphs of one typeface agree between any two posters. An image
 with too little content (a uniform colour, a texture) cannot match by layout or hash at
@@ -888,12 +893,17 @@ class FlaggedSet:
             # no keypoints to verify by: its hash with a borderline cosine is all there is,
             # and both must agree (the hash alone collides between flat shapes).
             signal = "phash+embedding"
-        if signal is not None and verify.verifiable:
+        if signal is not None and verify.applies:
             verify.run()
-            if self._keypoints_match(verify, borderline):
-                return "keypoints"
-            if self._keypoints_refute(verify):
-                return None  # the keypoints of a verifiable entry disagree: a coincidence
+            if verify.verifiable:
+                if self._keypoints_match(verify, borderline):
+                    return "keypoints"
+                if self._keypoints_refute(verify):
+                    return None  # the keypoints of a verifiable entry disagree: a coincidence
+            elif verify.agreement is not None and verify.agreement < p.keypoint_agreement_floor:
+                # However few keypoints agree, the pixels their transform lays over disagree:
+                # a render cut from the same template in other colours, not a copy.
+                return None
         return signal
 
     def _keypoints_match(self, verify: _Verifier, borderline: bool) -> bool:
@@ -1033,6 +1043,7 @@ class _Pairing:
     flagged: Features
     flagged_layout: np.ndarray | None
     mirrored: bool
+    canvas: bool = False  # the flagged layout is a whole frame around trimmed content
 
 
 class _Verifier:
@@ -1104,6 +1115,7 @@ class _Verifier:
             best.flagged.size,
             best.found.transform,
             best.mirrored,
+            best.canvas,
         )
         return round(value, 4) if value is not None else None
 
@@ -1168,6 +1180,7 @@ class _Verifier:
                     features,
                     flagged_layout,
                     mirrored,
+                    self.frame is not None,
                 )
                 best = self._try(best, pairing)
         return best if self._best is not None else None

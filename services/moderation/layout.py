@@ -315,6 +315,11 @@ REFITS = 6
 REFIT_SHARE = 0.7
 BEYOND_SHARE = 0.1
 BEYOND_PX = 2  # the strip outside each edge it is measured on
+MIN_PART = 8  # cells an object or a backdrop needs to be weighed on its own
+PART_FLOOR = 0.3  # the least share of either part's cells that must agree
+RING_SHARE = 0.75  # outer cells of one colour that make a backdrop of an untrimmed picture
+BACKDROP_TOLERANCE = 12.0  # a backdrop is smooth: a copy's agrees closely
+OBJECT_APART = 40.0  # a frame's cell this far from its outer cells' colour shows the object
 EDGE_PX = 2  # pixels along such an edge left out of its cells (of SIDE / WARP_CELLS)
 
 
@@ -325,6 +330,7 @@ def warped_agreement(
     flagged_size: tuple[float, float],
     transform: np.ndarray,
     mirrored: bool = False,
+    canvas: bool = False,
 ) -> float | None:
     """Share of grid cells whose colour agrees once the query is laid onto the flagged
     image by the keypoints' transform: what keeps a lattice of repeated keypoints
@@ -334,7 +340,9 @@ def warped_agreement(
     mirror when ``mirrored``). Counted over the cells the query covers, backdrop
     included, after both are standardised there with one gain and offset (brightness and
     contrast edits cancel out, a change of hue or backdrop does not); None when the query
-    covers too few cells.
+    covers too few cells. Where the flagged thumbnail shows an object on a backdrop (its
+    mask; the outer cells of a whole frame around trimmed content, ``canvas``), less than
+    ``PART_FLOOR`` of the object's cells or of the backdrop's agreeing is the agreement.
     """
     # Greyscale means the whole picture, backdrop included: a black object on a coloured
     # backdrop is compared in colour.
@@ -386,7 +394,12 @@ def warped_agreement(
     q, f = cells(warped), cells(np.ascontiguousarray(flagged[..., :3]))
     if grey:
         q, f = q.mean(axis=-1, keepdims=True), f.mean(axis=-1, keepdims=True)
+    # Content thumbnails were each normalised over their own object already: its cells are
+    # compared as they are (standardising again over a box that holds clipped backdrop
+    # too would shrink a flat object's change of hue under the tolerance).
+    as_normalised = q, f
     q, f = _standardised(q, inside), _standardised(f, inside)
+    once = q, f
     # An opaque caption bar or a sticker shifts the statistics of the image it covers, and
     # with them every cell's standardised colour: standardise again over the cells that
     # agree best (both images over the same cells, so neither is flattened onto the other).
@@ -398,8 +411,51 @@ def warped_agreement(
             break  # standardising over the same cells again changes nothing
         chosen = best
         q, f = _standardised(q, best), _standardised(f, best)
-    agree = (np.abs(q - f).max(axis=-1) <= TOLERANCE) & inside
-    return float(agree.sum() / inside.sum())
+    apart = np.abs(q - f).max(axis=-1)
+    share = float(((apart <= TOLERANCE) & inside).sum() / inside.sum())
+    # The object and its backdrop must each agree in part: a product recoloured on the
+    # same backdrop agrees by the backdrop alone, the same product on another backdrop by
+    # the product alone (renders cut from one template). Only a floor is asked of each: a
+    # caption or a bar covers part of either. An object is compared as standardised once,
+    # over all the covered cells: standardised again over the best-agreeing cells (mostly
+    # a plain backdrop, of next to no spread), a copy's object cells land far apart.
+    objects, backdrop = _parts(flagged, f, canvas)
+    masked = flagged.shape[-1] == 4 and bool(flagged[..., 3].any())
+    pair = as_normalised if masked else once
+    apart_objects = np.abs(pair[0] - pair[1]).max(axis=-1)
+    for part, gap, tolerance in (
+        (objects, apart_objects, TOLERANCE),
+        (backdrop, apart, BACKDROP_TOLERANCE),
+    ):
+        where = part & inside
+        if where.sum() >= MIN_PART:
+            agreed = float((gap[where] <= tolerance).mean())
+            if agreed < PART_FLOOR:
+                share = min(share, agreed)
+    return share
+
+
+def _parts(flagged: np.ndarray, cells: np.ndarray, canvas: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The flagged thumbnail's object cells and backdrop cells (of WARP_CELLS; either may
+    be empty). Content has its mask: the backdrop showing there was normalised by the
+    object's statistics, and clipped, so it is not weighed. A whole frame around trimmed
+    content (``canvas``) shows its backdrop in its outer cells, and so does a picture
+    whose outer cells are mostly one colour (a render on a blotched backdrop, which is
+    not trimmed): cells of about that colour are backdrop, cells far from it object."""
+    step = SIDE // WARP_CELLS
+    none = np.zeros((WARP_CELLS, WARP_CELLS), dtype=bool)
+    if flagged.shape[-1] == 4 and flagged[..., 3].any():
+        share = flagged[..., 3].reshape(WARP_CELLS, step, WARP_CELLS, step).mean(axis=(1, 3))
+        return share < 0.25 * 255, none
+    ring = np.concatenate([cells[0], cells[-1], cells[1:-1, 0], cells[1:-1, -1]])
+    colour = np.median(ring, axis=0)
+    if not canvas and np.mean(np.abs(ring - colour).max(axis=-1) <= TOLERANCE) < RING_SHARE:
+        return none, none
+    apart = np.abs(cells - colour).max(axis=-1)
+    objects, backdrop = apart > OBJECT_APART, apart <= TOLERANCE
+    if not canvas and (objects.sum() < MIN_PART or backdrop.sum() < MIN_PART):
+        return none, none  # a texture or a photo all of one tone: no object on a backdrop
+    return objects, backdrop
 
 
 def _coverage(inverse: np.ndarray, margin: int) -> np.ndarray:
