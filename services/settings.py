@@ -259,7 +259,7 @@ class ModerationSettings(BaseModel):
         "(stripes, dots, bricks) puts many keypoints on one transform, not the same pixels.",
     )
     keypoint_agreement_threshold: float = Field(
-        default=0.88,
+        default=0.85,
         ge=0.0,
         le=1.0,
         description="Agreement that lets a match with only keypoint_floor keypoints count "

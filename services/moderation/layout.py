@@ -316,7 +316,7 @@ REFIT_SHARE = 0.7
 BEYOND_SHARE = 0.1
 BEYOND_PX = 2  # the strip outside each edge it is measured on
 MIN_PART = 8  # cells an object or a backdrop needs to be weighed on its own
-PART_FLOOR = 0.3  # the least share of either part's cells that must agree
+PART_FLOOR = 0.15  # less of either part agreeing: another picture (a copy under a bar keeps 0.26)
 RING_SHARE = 0.75  # outer cells of one colour that make a backdrop of an untrimmed picture
 BACKDROP_TOLERANCE = 12.0  # a backdrop is smooth: a copy's agrees closely
 OBJECT_APART = 40.0  # a frame's cell this far from its outer cells' colour shows the object
@@ -394,12 +394,9 @@ def warped_agreement(
     q, f = cells(warped), cells(np.ascontiguousarray(flagged[..., :3]))
     if grey:
         q, f = q.mean(axis=-1, keepdims=True), f.mean(axis=-1, keepdims=True)
-    # Content thumbnails were each normalised over their own object already: its cells are
-    # compared as they are (standardising again over a box that holds clipped backdrop
-    # too would shrink a flat object's change of hue under the tolerance).
-    as_normalised = q, f
+    as_normalised = q, f  # each as normalised over its own content (layout_thumbnail)
     q, f = _standardised(q, inside), _standardised(f, inside)
-    once = q, f
+    once = q, f  # standardised over all the covered cells
     # An opaque caption bar or a sticker shifts the statistics of the image it covers, and
     # with them every cell's standardised colour: standardise again over the cells that
     # agree best (both images over the same cells, so neither is flattened onto the other).
@@ -416,22 +413,24 @@ def warped_agreement(
     # The object and its backdrop must each agree in part: a product recoloured on the
     # same backdrop agrees by the backdrop alone, the same product on another backdrop by
     # the product alone (renders cut from one template). Only a floor is asked of each: a
-    # caption or a bar covers part of either. An object is compared as standardised once,
-    # over all the covered cells: standardised again over the best-agreeing cells (mostly
-    # a plain backdrop, of next to no spread), a copy's object cells land far apart.
+    # caption or a bar covers part of either.
     objects, backdrop = _parts(flagged, f, canvas)
-    masked = flagged.shape[-1] == 4 and bool(flagged[..., 3].any())
-    pair = as_normalised if masked else once
-    apart_objects = np.abs(pair[0] - pair[1]).max(axis=-1)
-    for part, gap, tolerance in (
-        (objects, apart_objects, TOLERANCE),
-        (backdrop, apart, BACKDROP_TOLERANCE),
-    ):
-        where = part & inside
-        if where.sum() >= MIN_PART:
-            agreed = float((gap[where] <= tolerance).mean())
-            if agreed < PART_FLOOR:
-                share = min(share, agreed)
+    where = backdrop & inside
+    if where.sum() >= MIN_PART:
+        agreed = float((apart[where] <= BACKDROP_TOLERANCE).mean())
+        share = min(share, agreed) if agreed < PART_FLOOR else share
+    where = objects & inside
+    if where.sum() >= MIN_PART:
+        # However the pixels were standardised, a recoloured object disagrees; a copy's
+        # agrees under one of them at least: each as normalised over its own content,
+        # standardised once over all covered cells, after the refits (a bar, a sticker),
+        # and over the object's own cells (a plain backdrop clipped by a brightness edit).
+        alone = _standardised(as_normalised[0], where), _standardised(as_normalised[1], where)
+        agreed = max(
+            float((np.abs(a - b).max(axis=-1)[where] <= TOLERANCE).mean())
+            for a, b in (as_normalised, once, (q, f), alone)
+        )
+        share = min(share, agreed) if agreed < PART_FLOOR else share
     return share
 
 
