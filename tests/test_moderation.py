@@ -664,6 +664,78 @@ def test_a_render_recoloured_on_its_own_backdrop_is_not_a_copy(encoder, tmp_path
             assert entry.id in {m.entry_id for m in verdict.matches}, seed
 
 
+def _captioned(image: Image.Image, text: str, at: tuple[int, int], size: int) -> Image.Image:
+    copy = image.copy()
+    font = ImageFont.load_default(size=size)
+    ImageDraw.Draw(copy).text(
+        at, text, fill="white", font=font, stroke_width=2, stroke_fill="black"
+    )
+    return copy
+
+
+def _outranked(flagged: FlaggedSet, entry_id: str, copy: bytes):  # type: ignore[no-untyped-def]
+    """Check ``copy`` with another entry nearest by cosine (layout_candidates 1), so the
+    flagged entry is compared only if its pixels nominate it: the entry's index in the
+    snapshot, the copy's pixels and its verdict."""
+    snap = flagged.snapshot()
+    j = [e.id for e in snap.entries].index(entry_id)
+    pixels = Pixels.of(Image.open(io.BytesIO(copy)).convert("RGB"))
+    decoy = snap.vectors[1 - j][None, :]  # the other entry's own vector
+    verdict = flagged.check(decoy, pixels_of=lambda _: pixels, snapshot=snap)[0]
+    return j, pixels, snap, verdict
+
+
+def test_a_copy_trimmed_where_its_original_was_left_whole_votes_with_its_whole_frame(
+    encoder, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """A render whose soft backdrop is barely one colour along its edges (0.448 of the edge
+    within a few levels, where 0.45 trims) is left whole when flagged; its captioned,
+    re-encoded copy (0.453) is trimmed, to a box that holds the caption too, and its
+    content's keypoints vote for nothing. Such a trim is one of two readings: the copy's
+    whole frame votes as well, and nominates its entry (a miss of the synthetic world)."""
+    flagged = _real_set(encoder, tmp_path, layout_candidates=1)
+    original = render(Product("skirt", "brown", "striped"), 70_000_066, size=320)
+    flagged.add_image(jpeg(render(Product("t-shirt", "blue", "plain"), 5, size=320), 95), "x", "t")
+    entry = flagged.add_image(jpeg(original, 95), "prohibited", "test")
+    copy = jpeg(_captioned(original, "£19.99", (59, 133), 30), 90)
+    found = content(Image.open(io.BytesIO(jpeg(original, 95))).convert("RGB"))
+    assert found is not None and found.background is None  # left whole
+    j, pixels, snap, verdict = _outranked(flagged, entry.id, copy)
+    assert pixels.barely and pixels.features is not None  # trimmed, barely
+    ranked, _ = _vote(pixels.features, snap, 1)
+    assert j not in ranked  # the content alone nominates nothing
+    assert entry.id in {m.entry_id for m in verdict.matches}, verdict.matches
+    [match] = [m for m in verdict.matches if m.entry_id == entry.id]
+    assert match.signal == "keypoints" and (match.keypoints or 0) >= 40
+
+
+def test_content_that_agrees_in_part_has_its_whole_frames_compared(encoder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A caption across a hat moves the copy's content box: its content keeps 15
+    agreeing keypoints (at least keypoint_floor, short of the 40 a match needs). For an
+    entry neither nearest by cosine nor voted for, whole frames were compared only then,
+    and the copy was missed (among 100 flagged renders, where its entry drew 7 votes of
+    the 8 that nominate); a partial agreement now makes it likely enough, and the frames
+    agree on 41."""
+    flagged = _real_set(encoder, tmp_path)
+    original = render(Product("hat", "orange", "plain"), 70_000_035, size=320)
+    entry = flagged.add_image(jpeg(original, 95), "prohibited", "test")
+    copy = jpeg(_captioned(original, "limited edition", (98, 180), 34), 90)
+    snap = flagged.snapshot()
+    pixels = Pixels.of(Image.open(io.BytesIO(copy)).convert("RGB"))
+    floor = flagged.policy.keypoint_floor
+
+    def verify(**how: Any) -> _Verifier:
+        found = _Verifier(snap, 0, _Lazy(lambda _: pixels, 0), 40, frames=False, **how)
+        found.run()
+        return found
+
+    content_only = verify().inliers or 0
+    assert floor <= content_only < 40  # in part
+    likely = verify(floor=floor)
+    assert (likely.inliers or 0) >= 40 and (likely.agreement or 0) >= 0.85
+    assert entry.id in {m.entry_id for m in flagged.check_bytes(copy).matches}
+
+
 def test_warped_agreement_weighs_an_object_and_its_backdrop_apart() -> None:
     """Laid over by the true transform, a frame whose object is recoloured, or whose
     backdrop is, agrees on the other part's cells only: less than PART_FLOOR of the

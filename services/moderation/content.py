@@ -40,6 +40,10 @@ _SOLID = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))  # strokes thinner
 _JOIN = np.ones((5, 5), np.uint8)
 FRAME_SPREAD = 6  # how far (0-255) a frame pixel may sit from the frame's colour...
 FRAME_SHARE = 0.45  # ...for this share of them, for the frame to be one colour
+# A frame less than this over FRAME_SHARE was barely one colour: re-encoding a picture
+# moves the share by a few thousandths either way (a flagged render at 0.448 was left
+# whole, its captioned copy at 0.453 trimmed), so such a trim is one of two readings.
+BARELY = 0.05
 FLAT_SHARE = 0.98  # a row or column of padding: this share of it within FRAME_SPREAD
 _WORK_SIDE = 256  # trimming works on a copy this size (fast, and steady under resizing)
 MIN_CONTENT = 0.02  # a content box smaller than this share of the frame is no content
@@ -76,6 +80,9 @@ class Content:
     # The whole picture with a rotation's fill painted in the canvas's colour, where one
     # was (None: nothing was painted): the frame a copy is compared by.
     unfilled: Image.Image | None = None
+    # Trimmed from a frame that was barely one colour (``BARELY``): a copy of the same
+    # picture may as well have been left whole.
+    barely: bool = False
 
 
 def _frame_colour(a: np.ndarray) -> np.ndarray:
@@ -83,12 +90,17 @@ def _frame_colour(a: np.ndarray) -> np.ndarray:
     return np.median(frame, axis=0)
 
 
+def _uniform_share(a: np.ndarray, colour: np.ndarray) -> float:
+    """The share of the frame's pixels within ``FRAME_SPREAD`` of ``colour``."""
+    frame = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]).astype(np.int16)
+    return float((np.abs(frame - colour).max(axis=1) <= FRAME_SPREAD).mean())
+
+
 def _frame_is_uniform(a: np.ndarray, colour: np.ndarray) -> bool:
     """A frame to trim is one colour (a canvas, padding, a border; an object may touch
     it), not a smooth wall or sky that merely has a typical colour: most of its pixels
     sit within a few levels of that colour."""
-    frame = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]).astype(np.int16)
-    return float((np.abs(frame - colour).max(axis=1) <= FRAME_SPREAD).mean()) >= FRAME_SHARE
+    return _uniform_share(a, colour) >= FRAME_SHARE
 
 
 def _difference(a: np.ndarray, colour: np.ndarray) -> np.ndarray:
@@ -341,12 +353,16 @@ def content(image: Image.Image) -> Content | None:
     background: tuple[int, int, int] | None = None
     left, top, right, bottom = 0, 0, rgb.size[0], rgb.size[1]  # the box so far, in pixels
     scale = 1.0
+    barely = False
     for _ in range(3):
         w, h = right - left, bottom - top
         region = full[top:bottom, left:right]
         small = _shrunk(region, min(1.0, _WORK_SIDE / max(w, h)))
         colour = _frame_colour(small)
-        uniform = _frame_is_uniform(small, colour)
+        share = _uniform_share(small, colour)
+        uniform = share >= FRAME_SHARE
+        if background is None:
+            barely = share < FRAME_SHARE + BARELY
         inset = None
         if background is not None and (
             not uniform or float(np.abs(colour - background).max()) <= BOX_TOLERANCE
@@ -381,7 +397,7 @@ def content(image: Image.Image) -> Content | None:
     unfilled = rgb if full is not pixels else None
     if (left, top, right, bottom) != (0, 0, *rgb.size):
         rgb = rgb.crop((left, top, right, bottom))
-    return Content(rgb, background, unfilled)
+    return Content(rgb, background, unfilled, barely and background is not None)
 
 
 def unpadded(image: Image.Image) -> Image.Image:

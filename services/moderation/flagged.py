@@ -356,6 +356,9 @@ class Pixels:
     _inner_view: tuple[Features | None, np.ndarray | None] | None = field(
         default=None, repr=False, compare=False
     )
+    # The content was trimmed from a frame barely one colour: its copies may be left
+    # whole, and so may the entry it copies (``content.BARELY``).
+    barely: bool = False
 
     def frame_view(self) -> tuple[Features | None, np.ndarray | None]:
         """Keypoints and layout thumbnail of the whole frame (once; the content's own when
@@ -413,6 +416,7 @@ class Pixels:
             colour_histogram(layout),
             frame=frame,
             inner=inner,
+            barely=found.barely,
         )
 
 
@@ -764,6 +768,7 @@ class FlaggedSet:
                     views[j] if views else None,
                     frames=j in likeliest
                     or (j in candidates and (blind_votes or not _has_views(snap, j))),
+                    floor=self.policy.keypoint_floor,
                 )
                 layout = _Layout(snap, j, pixels, j in candidates)
                 if exact:
@@ -835,6 +840,13 @@ class FlaggedSet:
         if px.features is not None and snap.vote_index is not None:
             ranked, views = _vote(px.features, snap, k)
             voted = set(ranked) & set(usable)
+            whole = px.frame_view()[0] if px.barely else None
+            if whole is not None:
+                # Trimmed where the entry may have been left whole: the whole frame's
+                # keypoints vote too (the content's, boxed with a caption, find none).
+                ranked, more = _vote(whole, snap, k)
+                voted |= set(ranked) & set(usable)
+                views = [(a + c, b + d) for (a, b), (c, d) in zip(views, more, strict=True)]
         return out | voted, voted, views
 
     def _signal(
@@ -1057,10 +1069,12 @@ class _Verifier:
         enough: int,
         votes: tuple[int, int] | None = None,
         frames: bool = True,
+        floor: int | None = None,
     ) -> None:
         self.flagged = snap.features[j] if j < len(snap.features) else None
         self.refutes = bool(snap.refutes[j]) if j < len(snap.refutes) else False
         self.frames = frames  # whether whole frames may be compared too
+        self.floor = floor  # content inliers that let them be compared all the same
         layout = snap.layouts[j] if j < len(snap.layouts) else None
         self.flagged_layout = layout.thumbnail if layout is not None else None
         self.frame = snap.frames[j] if j < len(snap.frames) else None
@@ -1157,7 +1171,10 @@ class _Verifier:
                 view == 1,
             )
             best = self._try(best, pairing)
-        if best >= self.enough or not self.frames or (px.frame is None and self.frame is None):
+        # Content that agreed in part (``floor`` keypoints, short of ``enough``) makes the
+        # entry likely too: a caption across the object moved one content box only.
+        likely = self.frames or (self.floor is not None and best >= self.floor)
+        if best >= self.enough or not likely or (px.frame is None and self.frame is None):
             return best if self._best is not None else None
         flagged_layout: np.ndarray | None
         if self.frame is not None:
