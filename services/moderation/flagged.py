@@ -115,6 +115,7 @@ VOTE_LSH: dict[str, bool | int | float | str] = {
     "multi_probe_level": 0,
 }
 VOTE_CHECKS = 32
+VOTE_SEED = 18  # the LSH tables' random bits (any fixed value: see ``_vote_index``)
 # How entries' pixel fields are made; older entries are made again from their originals
 # when a process first reads them (2: hue-preserving normalisation, feature sizes, frames;
 # 3: the keypoints of entries that do not verify, kept to confirm; 4: a rotation's filled
@@ -492,6 +493,9 @@ def _vote_index(
         return None, None
     index = cv2.FlannBasedMatcher(VOTE_LSH, {"checks": VOTE_CHECKS})
     index.add([np.concatenate([d for d, _ in stacked])])
+    # The tables' bits are drawn from OpenCV's per-thread generator, wherever whatever ran
+    # before in the thread left it: seeded, every process votes alike for one flagged set.
+    cv2.setRNGSeed(VOTE_SEED)
     index.train()
     return index, np.concatenate([o for _, o in stacked])
 
