@@ -703,8 +703,16 @@ def test_a_copy_trimmed_where_its_original_was_left_whole_votes_with_its_whole_f
     assert found is not None and found.background is None  # left whole
     j, pixels, snap, verdict = _outranked(flagged, entry.id, copy)
     assert pixels.barely and pixels.features is not None  # trimmed, barely
+    # Nothing but votes could make the entry a candidate: not nearest by cosine (the
+    # decoy is), too far by hash and colour, and the content's keypoints vote elsewhere.
+    policy = flagged.policy
+    assert snap.colours is not None and pixels.colours is not None and pixels.phash is not None
+    assert np.minimum(snap.colours[j], pixels.colours).sum() < policy.colour_candidate
+    assert int(hamming(pixels.phash, snap.hashes[j]).min()) > policy.phash_weak
     ranked, _ = _vote(pixels.features, snap, 1)
     assert j not in ranked  # the content alone nominates nothing
+    whole = pixels.frame_view()[0]
+    assert whole is not None and _vote(whole, snap, 1)[0] == [j]  # the whole frame does
     assert entry.id in {m.entry_id for m in verdict.matches}, verdict.matches
     [match] = [m for m in verdict.matches if m.entry_id == entry.id]
     assert match.signal == "keypoints" and (match.keypoints or 0) >= 40
@@ -712,11 +720,12 @@ def test_a_copy_trimmed_where_its_original_was_left_whole_votes_with_its_whole_f
 
 def test_content_that_agrees_in_part_has_its_whole_frames_compared(encoder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A caption across a hat moves the copy's content box: its content keeps 15
-    agreeing keypoints (at least keypoint_floor, short of the 40 a match needs). For an
-    entry neither nearest by cosine nor voted for, whole frames were compared only then,
-    and the copy was missed (among 100 flagged renders, where its entry drew 7 votes of
-    the 8 that nominate); a partial agreement now makes it likely enough, and the frames
-    agree on 41."""
+    agreeing keypoints (at least keypoint_floor, short of the 40 a match needs). Whole
+    frames were compared only for the likeliest entries (nearest by cosine, voted for),
+    and among 100 flagged renders this one was neither (7 votes of the 8 that nominate):
+    the copy was missed. A partial agreement now makes an entry likely enough, and the
+    frames agree on 41. (Here the entry is the only one, so the verifier is asked
+    directly whether frames are compared.)"""
     flagged = _real_set(encoder, tmp_path)
     original = render(Product("hat", "orange", "plain"), 70_000_035, size=320)
     entry = flagged.add_image(jpeg(original, 95), "prohibited", "test")

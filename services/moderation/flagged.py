@@ -16,7 +16,8 @@ Signals decide whether an image resembles a flagged entry:
     the entry by that transform (``layout.warped_agreement``). A copy keeps hundreds and
     agrees on nearly all the grid; two different objects or textures keep a handful, and
     renders of one repeated pattern, which keep dozens, disagree on the pixels. Views: the
-    entry's content and its mirror, and for the likeliest entries the whole frames.
+    entry's content and its mirror, and for the likeliest entries (or where the contents
+    agree in part) the whole frames.
   - **aligned layout** (``services.moderation.layout``): the share of content cells of a
     colour grid that agree with the best-aligned crop or mirror of the entry (or the
     entry with a crop of the image); background cells carry no evidence and a layout
@@ -752,8 +753,9 @@ class FlaggedSet:
                 for h in snap.hashes
             ]
             candidates, voted, views = self._candidates(cos[i], dists, snap, cleared, pixels)
-            # Whole frames are compared for the likeliest entries only: the nearest by
-            # embedding and those the keypoints voted for (a copy's entry is among them).
+            # Whole frames are compared for the likeliest entries: the nearest by embedding
+            # and those the keypoints voted for (a copy's entry is among them); for others
+            # only where their contents agree in part (``_Verifier``).
             likeliest = voted | {int(np.argmax(cos[i]))}
             # Without content keypoints (too small) the query cannot vote, and without
             # content views an entry cannot be voted for: then candidacy will do.
@@ -1077,7 +1079,7 @@ class _Verifier:
     ) -> None:
         self.flagged = snap.features[j] if j < len(snap.features) else None
         self.refutes = bool(snap.refutes[j]) if j < len(snap.refutes) else False
-        self.frames = frames  # whether whole frames may be compared too
+        self.frames = frames  # whether whole frames are compared (the entry is likely)
         self.floor = floor  # content inliers that let them be compared all the same
         layout = snap.layouts[j] if j < len(snap.layouts) else None
         self.flagged_layout = layout.thumbnail if layout is not None else None
@@ -1137,8 +1139,10 @@ class _Verifier:
         )
         return round(value, 4) if value is not None else None
 
-    def _try(self, best: int, pairing: _Pairing) -> int:
-        if self._best is None or pairing.found.inliers > best:
+    def _try(self, best: int, pairing: _Pairing, bar: int = 0) -> int:
+        """The pairing is the best so far when it has more inliers than ``best``, and at
+        least ``bar``."""
+        if self._best is None or pairing.found.inliers > max(best, bar - 1):
             self._best = pairing
             return pairing.found.inliers
         return best
@@ -1176,9 +1180,16 @@ class _Verifier:
             )
             best = self._try(best, pairing)
         # Content that agreed in part (``floor`` keypoints, short of ``enough``) makes the
-        # entry likely too: a caption across the object moved one content box only.
-        likely = self.frames or (self.floor is not None and best >= self.floor)
-        if best >= self.enough or not likely or (px.frame is None and self.frame is None):
+        # entry likely too: a caption across the object moved one content box only. Then
+        # a frame pairing takes the content's place only with ``enough`` inliers: more
+        # keypoints on pixels that agree less must not undo what the content showed.
+        partly = self.floor is not None and best >= max(1, self.floor)
+        bar = 0 if self.frames else self.enough
+        if (
+            best >= self.enough
+            or not (self.frames or partly)
+            or (px.frame is None and self.frame is None)
+        ):
             return best if self._best is not None else None
         flagged_layout: np.ndarray | None
         if self.frame is not None:
@@ -1203,7 +1214,7 @@ class _Verifier:
                     mirrored,
                     self.frame is not None,
                 )
-                best = self._try(best, pairing)
+                best = self._try(best, pairing, bar)
         return best if self._best is not None else None
 
 
