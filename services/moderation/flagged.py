@@ -54,7 +54,7 @@ with too little content (a uniform colour, a texture) cannot match by layout or 
 all.
 
 Cost: the embedding is one matrix product; keypoint votes are one approximate
-nearest-neighbour pass (LSH); layouts are aligned, and keypoints verified, only for the
+nearest-neighbour pass (an inverted file); layouts are aligned, and keypoints verified, only for the
 few candidate entries, dearest last.
 """
 
@@ -71,7 +71,7 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-import cv2
+import faiss
 import imagehash
 import numpy as np
 from PIL import Image, ImageOps
@@ -106,17 +106,13 @@ _CROPS = (0.08, 0.15)
 # when they differ in at most VOTE_DISTANCE bits; an entry needs MIN_VOTES to be compared.
 VOTE_DISTANCE = 40
 MIN_VOTES = 8
-# Long keys and no multi-probe: buckets stay small, so a query's pass costs a few ms over
-# a hundred entries' descriptors (12-bit keys with multi-probe cost ~50x more) and
-# nominates the copy's entry as often (bench/moderation.py).
-VOTE_LSH: dict[str, bool | int | float | str] = {
-    "algorithm": 6,
-    "table_number": 8,
-    "key_size": 20,
-    "multi_probe_level": 0,
-}
-VOTE_CHECKS = 32
-VOTE_SEED = 18  # the LSH tables' random bits (any fixed value: see ``_vote_index``)
+# An inverted file over the stored descriptors (faiss's binary IVF): each query keypoint
+# scans the few lists nearest it, contiguous in memory. OpenCV's LSH, used before,
+# found 0.87 of the nearest descriptors within VOTE_DISTANCE and cost 9 ms a check
+# over a hundred entries (its hash buckets are scattered, and each check's other work
+# evicts them); the lists find 0.99 for ~2 ms (bench/moderation.py).
+VOTE_LIST_SIZE = 300  # descriptors per list, about
+VOTE_PROBES = 8  # lists scanned per query keypoint
 # How entries' pixel fields are made; older entries are made again from their originals
 # when a process first reads them (2: hue-preserving normalisation, feature sizes, frames;
 # 3: the keypoints of entries that do not verify, kept to confirm; 4: a rotation's filled
@@ -328,13 +324,11 @@ class _Snapshot:
     frames: list[_Frame | None] = field(default_factory=list)
     # Per entry: whether its keypoints may refute (its copies verify), not only confirm.
     refutes: list[bool] = field(default_factory=list)
-    # Every entry's stored descriptors in one LSH index, and which entry each belongs
-    # to: one approximate nearest-neighbour pass finds which entries a query's keypoints
-    # vote for, at a cost that grows slower than the set. OpenCV matchers are not
-    # thread-safe, hence the lock.
+    # Every entry's stored descriptors in one approximate nearest-neighbour index, and
+    # which entry each belongs to: one pass finds which entries a query's keypoints vote
+    # for, at a cost that grows slower than the set.
     vote_index: Any = None
     vote_owners: np.ndarray | None = None
-    vote_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass
@@ -481,8 +475,10 @@ def _voting_views(parts: _EntryPixels) -> tuple[Features | None, ...] | None:
 def _vote_index(
     features: Sequence[tuple[Features | None, ...] | None],
 ) -> tuple[Any, np.ndarray | None]:
-    """An LSH index over every entry's voting descriptors, and each one's owner:
-    ``VIEWS * entry + view`` (views as ``_voting_views`` gives them)."""
+    """An inverted-file index over every entry's voting descriptors, and each one's owner:
+    ``VIEWS * entry + view`` (views as ``_voting_views`` gives them). Its lists are
+    trained by k-means from a fixed seed on one thread, so every process builds the same
+    lists for one flagged set and votes alike."""
     stacked = [
         (f.descriptors, np.full(len(f), VIEWS * j + view))
         for j, views in enumerate(features)
@@ -492,12 +488,14 @@ def _vote_index(
     ]
     if not stacked:
         return None, None
-    index = cv2.FlannBasedMatcher(VOTE_LSH, {"checks": VOTE_CHECKS})
-    index.add([np.concatenate([d for d, _ in stacked])])
-    # The tables' bits are drawn from OpenCV's per-thread generator, wherever whatever ran
-    # before in the thread left it: seeded, every process votes alike for one flagged set.
-    cv2.setRNGSeed(VOTE_SEED)
-    index.train()
+    codes = np.ascontiguousarray(np.concatenate([d for d, _ in stacked]), dtype=np.uint8)
+    lists = max(1, len(codes) // VOTE_LIST_SIZE)
+    faiss.omp_set_num_threads(1)
+    bits = codes.shape[1] * 8
+    index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, lists)
+    index.train(codes)  # k-means from faiss's fixed seed
+    index.add(codes)
+    index.nprobe = min(VOTE_PROBES, lists)
     return index, np.concatenate([o for _, o in stacked])
 
 
@@ -523,7 +521,6 @@ class FlaggedSet:
         self._snapshot: _Snapshot | None = None
         self._parts: dict[str, _EntryPixels] = {}
         self._votes: tuple[Any, Any, np.ndarray | None] | None = None
-        self._vote_lock = threading.Lock()  # the vote index is shared by snapshots
 
     # -- the set --------------------------------------------------------------------------
 
@@ -699,7 +696,6 @@ class FlaggedSet:
             [p.refutes for p in parts],
             votes[1],
             votes[2],
-            self._vote_lock,
         )
 
     # -- checks ---------------------------------------------------------------------------
@@ -1264,10 +1260,12 @@ def _vote(query: Features, snap: _Snapshot, k: int) -> tuple[list[int], list[tup
     entry the votes for it as it is and for its mirror (content and frame views alike)."""
     assert snap.vote_index is not None and snap.vote_owners is not None
     step = max(1, len(query) // VOTERS)
-    with snap.vote_lock:
-        found = snap.vote_index.knnMatch(np.ascontiguousarray(query.descriptors[::step]), k=1)
-    nearest = [m[0] for m in found if m]
-    owners = [int(snap.vote_owners[m.trainIdx]) for m in nearest if m.distance <= VOTE_DISTANCE]
+    faiss.omp_set_num_threads(1)  # as ``two_nearest`` says why
+    distance, nearest = snap.vote_index.search(
+        np.ascontiguousarray(query.descriptors[::step], dtype=np.uint8), 1
+    )
+    close = (distance[:, 0] <= VOTE_DISTANCE) & (nearest[:, 0] >= 0)
+    owners = snap.vote_owners[nearest[close, 0]]
     per_view = np.bincount(owners, minlength=VIEWS * len(snap.entries)).reshape(-1, VIEWS)
     counts = per_view.sum(axis=1)
     ranked = [int(j) for j in np.argsort(-counts)[:k] if counts[j] >= MIN_VOTES]
