@@ -479,6 +479,23 @@ def _vote_index(
     ``VIEWS * entry + view`` (views as ``_voting_views`` gives them). Its lists are
     trained by k-means from a fixed seed on one thread, so every process builds the same
     lists for one flagged set and votes alike."""
+    codes, owners = vote_codes(features)
+    if owners is None:
+        return None, None
+    lists = max(1, len(codes) // VOTE_LIST_SIZE)
+    faiss.omp_set_num_threads(1)
+    bits = codes.shape[1] * 8
+    index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, lists)
+    index.train(codes)  # k-means from faiss's fixed seed
+    index.add(codes)
+    index.nprobe = min(VOTE_PROBES, lists)
+    return index, owners
+
+
+def vote_codes(
+    features: Sequence[tuple[Features | None, ...] | None],
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every entry's voting descriptors stacked, and each one's owner (None: none)."""
     stacked = [
         (f.descriptors, np.full(len(f), VIEWS * j + view))
         for j, views in enumerate(features)
@@ -487,16 +504,9 @@ def _vote_index(
         if f is not None
     ]
     if not stacked:
-        return None, None
+        return np.zeros((0, 32), np.uint8), None
     codes = np.ascontiguousarray(np.concatenate([d for d, _ in stacked]), dtype=np.uint8)
-    lists = max(1, len(codes) // VOTE_LIST_SIZE)
-    faiss.omp_set_num_threads(1)
-    bits = codes.shape[1] * 8
-    index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, lists)
-    index.train(codes)  # k-means from faiss's fixed seed
-    index.add(codes)
-    index.nprobe = min(VOTE_PROBES, lists)
-    return index, np.concatenate([o for _, o in stacked])
+    return codes, np.concatenate([o for _, o in stacked])
 
 
 class FlaggedSet:
