@@ -1249,6 +1249,34 @@ def test_votes_find_the_nearest_descriptors_and_alike_in_every_build(
     assert np.array_equal(nearest(50_000), first)
 
 
+def test_one_set_of_flagged_images_votes_alike_in_whatever_order_it_was_added(
+    encoder,  # type: ignore[no-untyped-def]
+    photos: dict[str, Image.Image],
+    tmp_path: Path,
+) -> None:
+    """Entries have random ids, and the vote index follows the order its descriptors are
+    stacked in (its lists, and which of two equally near descriptors is found): a
+    benchmark's false quarantines read 3 or 4 by the run. Snapshots stack entries in
+    the order of their stored keypoints, so the same images vote alike."""
+    images = [jpeg(_on_white(photos[n], 300, (40, 30)), 95) for n in ("coffee", "rocket")]
+    images += [jpeg(photos[n], 95) for n in ("camera", "brick")]
+    query = Pixels.of(Image.open(io.BytesIO(jpeg(photos["camera"].rotate(3), 70))).convert("RGB"))
+    assert query.features is not None
+    seen = []
+    for k, order in enumerate(((0, 1, 2, 3), (3, 1, 0, 2))):
+        flagged = _real_set(encoder, tmp_path / str(k))
+        for i in order:
+            flagged.add_image(images[i], "prohibited", "test")
+        snap = flagged.snapshot()
+        stored = [e.keypoints for e in snap.entries]
+        assert len(set(stored)) == 4 and stored == sorted(stored)
+        ranked, views = _vote(query.features, snap, 4)
+        names = [e.source for e in snap.entries]
+        seen.append(([names[j] for j in ranked], dict(zip(names, views, strict=True))))
+    assert seen[0] == seen[1]
+    assert seen[0][0][0] == f"image:{decode_image(images[2], ImageLimits()).image_id}"
+
+
 def _features(seed: int) -> Features:
     rng = np.random.default_rng(seed)
     return Features(

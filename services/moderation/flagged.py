@@ -675,6 +675,10 @@ class FlaggedSet:
         return replace(entry, **pixels)
 
     def _build(self, records: Sequence[Record]) -> _Snapshot:
+        # In the order of their stored keypoints, not of their random ids: the vote
+        # index's lists (and its ties) follow the order descriptors are stacked in, so one
+        # set of flagged images then votes alike however and whenever it was added.
+        records = sorted(records, key=lambda r: (str(r.payload.get("keypoints", "")), r.id))
         entries = [self._upgraded(FlaggedEntry.from_record(r)) for r in records]
         size = self.encoder.identity.size
         vectors = (
