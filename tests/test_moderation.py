@@ -24,6 +24,7 @@ from services.images import decode_image
 from services.index.edge import EdgeIndex
 from services.moderation.content import Content, content, unpadded
 from services.moderation.flagged import (
+    MIN_VOTES,
     PIXELS_VERSION,
     VOTE_DISTANCE,
     EntryKind,
@@ -725,6 +726,50 @@ def test_a_copy_trimmed_where_its_original_was_left_whole_votes_with_its_whole_f
     assert entry.id in {m.entry_id for m in verdict.matches}, verdict.matches
     [match] = [m for m in verdict.matches if m.entry_id == entry.id]
     assert match.signal == "keypoints" and (match.keypoints or 0) >= 40
+
+
+def test_a_small_object_captioned_beside_it_is_found_and_agreed_by_its_frame(
+    encoder,  # type: ignore[no-untyped-def]
+    photos: dict[str, Image.Image],
+    tmp_path: Path,
+) -> None:
+    """A large caption typed on the canvas beside a small object joins its content box:
+    at that box's scale the content's keypoints find few of the entry's (under the
+    MIN_VOTES that nominate), the whole frame's find many, and the frames agree on 50-odd
+    keypoints. Under their transform most cells are the white canvas: the pixel check's
+    refit over its best-agreeing cells, all but one colour there, blew every difference
+    up twelvefold (0.01 agreement; an outside tester's misses)."""
+    flagged = _real_set(encoder, tmp_path)
+    for name in ("coffee", "chelsea", "astronaut"):
+        flagged.add_image(jpeg(_on_white(photos[name], 200, (100, 100)), 95), "x", "t")
+    man = photos["camera"].crop((60, 20, 360, 440))
+    original = Image.new("RGB", (640, 480), "white")
+    original.paste(man.resize((93, 130)), (420, 40))
+    entry = flagged.add_image(jpeg(original, 95), "prohibited", "test")
+    captioned = original.copy()
+    ImageDraw.Draw(captioned).text(
+        (20, 220),
+        "Copyright (c) someone",
+        fill=(255, 230, 0),
+        font=ImageFont.load_default(size=56),
+        stroke_width=4,
+        stroke_fill="black",
+    )
+    snap = flagged.snapshot()
+    j = [e.id for e in snap.entries].index(entry.id)
+    pixels = Pixels.of(Image.open(io.BytesIO(jpeg(captioned, 85))).convert("RGB"))
+    assert pixels.frame is not None and pixels.features is not None and not pixels.barely
+    _, by_content = _vote(pixels.features, snap, 4)
+    whole = pixels.frame_view()[0]
+    assert whole is not None
+    ranked, by_frame = _vote(whole, snap, 4)
+    assert sum(by_content[j]) < MIN_VOTES <= sum(by_frame[j]) and j in ranked
+    # Another entry is nearest by cosine: only the votes make this one likely.
+    decoy = snap.vectors[(j + 1) % len(snap.entries)][None, :]
+    verdict = flagged.check(decoy, pixels_of=lambda _: pixels, snapshot=snap)[0]
+    [match] = [m for m in verdict.matches if m.entry_id == entry.id]
+    assert match.signal == "keypoints" and (match.keypoints or 0) >= 40
+    assert (match.keypoint_agreement or 0) >= 0.7
 
 
 def test_content_that_agrees_in_part_has_its_whole_frames_compared(encoder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -110,8 +110,14 @@ MIN_VOTES = 8
 # scans the few lists nearest it, contiguous in memory. OpenCV's LSH, used before,
 # found 0.87 of the nearest descriptors within VOTE_DISTANCE and cost 9 ms a check
 # over a hundred entries (its hash buckets are scattered, and each check's other work
-# evicts them); the lists find 0.99 for ~2 ms (bench/moderation.py).
-VOTE_LIST_SIZE = 300  # descriptors per list, about
+# evicts them); the lists find 0.99 for ~2.5 ms (bench/moderation.py). The lists are
+# trained (k-means) whenever the set changes, before the next check: on a sample of
+# VOTE_TRAIN_PER_LIST descriptors a list and at most VOTE_LISTS of them, so that costs
+# under a second however large the set (faiss's default sample, 256 a list with a list
+# per 300 descriptors, took 6 s for a hundred entries and 49 s for three hundred).
+VOTE_LIST_SIZE = 300  # descriptors per list, about, up to VOTE_LISTS lists
+VOTE_LISTS = 512
+VOTE_TRAIN_PER_LIST = 40
 VOTE_PROBES = 8  # lists scanned per query keypoint
 # How entries' pixel fields are made; older entries are made again from their originals
 # when a process first reads them (2: hue-preserving normalisation, feature sizes, frames;
@@ -482,11 +488,12 @@ def _vote_index(
     codes, owners = vote_codes(features)
     if owners is None:
         return None, None
-    lists = max(1, len(codes) // VOTE_LIST_SIZE)
+    lists = min(VOTE_LISTS, max(1, len(codes) // VOTE_LIST_SIZE))
     faiss.omp_set_num_threads(1)
     bits = codes.shape[1] * 8
     index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, lists)
-    index.train(codes)  # k-means from faiss's fixed seed
+    index.cp.max_points_per_centroid = VOTE_TRAIN_PER_LIST
+    index.train(codes)  # k-means on a sample drawn from faiss's fixed seed
     index.add(codes)
     index.nprobe = min(VOTE_PROBES, lists)
     return index, owners
@@ -856,10 +863,14 @@ class FlaggedSet:
         if px.features is not None and snap.vote_index is not None:
             ranked, views = _vote(px.features, snap, k)
             voted = set(ranked) & set(usable)
-            whole = px.frame_view()[0] if px.barely else None
+            # Trimmed: the whole frame's keypoints vote too. A caption beside a small
+            # object joins its content box, and the content's keypoints, at the box's
+            # scale, find few of the entry's (6 votes, against 42 for the frame's; the
+            # caption's letters vote for other objects pasted on white); a copy trimmed
+            # where its entry was left whole votes for that entry's only view with its
+            # frame.
+            whole = px.frame_view()[0] if px.frame is not None else None
             if whole is not None:
-                # Trimmed where the entry may have been left whole: the whole frame's
-                # keypoints vote too (the content's, boxed with a caption, find none).
                 ranked, more = _vote(whole, snap, k)
                 voted |= set(ranked) & set(usable)
                 views = [(a + c, b + d) for (a, b), (c, d) in zip(views, more, strict=True)]

@@ -313,6 +313,7 @@ WARP_CELLS = 16  # the grid (of SIDE / WARP_CELLS px cells) a keypoint match is 
 # two: brick under a bar settles at the fourth (agreement 0.36 after two passes, 0.81).
 REFITS = 6
 REFIT_SHARE = 0.7
+REFIT_SPREAD = 12.0  # least spread (of 48 after standardising) the refit cells need
 BEYOND_SHARE = 0.1
 BEYOND_PX = 2  # the strip outside each edge it is measured on
 MIN_PART = 8  # cells an object or a backdrop needs to be weighed on its own
@@ -406,6 +407,12 @@ def warped_agreement(
         best = inside & (apart <= np.quantile(apart[inside], REFIT_SHARE))
         if np.array_equal(best, chosen):
             break  # standardising over the same cells again changes nothing
+        if min(float(q[best].std()), float(f[best].std())) < REFIT_SPREAD:
+            # The cells that agree best are all but one colour (a white canvas around a
+            # small object, a caption elsewhere on it): a gain cannot be told from them,
+            # and standardising over them blew every difference up twelvefold (a copy
+            # agreed at 0.01, 0.99 without the caption).
+            break
         chosen = best
         q, f = _standardised(q, best), _standardised(f, best)
     apart = np.abs(q - f).max(axis=-1)
