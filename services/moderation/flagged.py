@@ -863,14 +863,12 @@ class FlaggedSet:
         if px.features is not None and snap.vote_index is not None:
             ranked, views = _vote(px.features, snap, k)
             voted = set(ranked) & set(usable)
-            # Trimmed: the whole frame's keypoints vote too. A caption beside a small
-            # object joins its content box, and the content's keypoints, at the box's
-            # scale, find few of the entry's (6 votes, against 42 for the frame's; the
-            # caption's letters vote for other objects pasted on white); a copy trimmed
-            # where its entry was left whole votes for that entry's only view with its
-            # frame.
-            whole = px.frame_view()[0] if px.frame is not None else None
+            whole = px.frame_view()[0] if px.barely else None
             if whole is not None:
+                # Trimmed where the entry may have been left whole: the whole frame's
+                # keypoints vote too (the content's, boxed with a caption, find few). For
+                # every trimmed copy, they let three unrelated objects on white in (real
+                # photos, seed 2) and caught no copy more.
                 ranked, more = _vote(whole, snap, k)
                 voted |= set(ranked) & set(usable)
                 views = [(a + c, b + d) for (a, b), (c, d) in zip(views, more, strict=True)]

@@ -313,7 +313,7 @@ WARP_CELLS = 16  # the grid (of SIDE / WARP_CELLS px cells) a keypoint match is 
 # two: brick under a bar settles at the fourth (agreement 0.36 after two passes, 0.81).
 REFITS = 6
 REFIT_SHARE = 0.7
-REFIT_SPREAD = 12.0  # least spread (of 48 after standardising) the refit cells need
+REFIT_SPREAD = 1.0  # least spread (of 48 after standardising) the refit cells need
 BEYOND_SHARE = 0.1
 BEYOND_PX = 2  # the strip outside each edge it is measured on
 MIN_PART = 8  # cells an object or a backdrop needs to be weighed on its own
