@@ -408,10 +408,12 @@ def warped_agreement(
         if np.array_equal(best, chosen):
             break  # standardising over the same cells again changes nothing
         if min(float(q[best].std()), float(f[best].std())) < REFIT_SPREAD:
-            # The cells that agree best are all but one colour (a white canvas around a
-            # small object, a caption elsewhere on it): a gain cannot be told from them,
-            # and standardising over them blew every difference up twelvefold (a copy
-            # agreed at 0.01, 0.99 without the caption).
+            # The cells that agree best are one colour in either image (a white canvas
+            # around a small object, a caption elsewhere on it): a gain cannot be told
+            # from them, and standardising over them blew every difference up twelvefold
+            # (a copy agreed at 0.01, 0.99 without the caption). Only no spread at all
+            # stops it: at 12, a few caption bars over objects on white lost the refits
+            # they need.
             break
         chosen = best
         q, f = _standardised(q, best), _standardised(f, best)
