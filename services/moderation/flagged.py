@@ -54,8 +54,8 @@ with too little content (a uniform colour, a texture) cannot match by layout or 
 all.
 
 Cost: the embedding is one matrix product; keypoint votes are one approximate
-nearest-neighbour pass (an inverted file); layouts are aligned, and keypoints verified, only for the
-few candidate entries, dearest last.
+nearest-neighbour pass (an inverted file); layouts are aligned, and keypoints verified,
+only for the few candidate entries, dearest last.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ VOTE_DISTANCE = 40
 MIN_VOTES = 8
 # An inverted file over the stored descriptors (faiss's binary IVF): each query keypoint
 # scans the few lists nearest it, contiguous in memory. OpenCV's LSH, used before,
-# found 0.87 of the nearest descriptors within VOTE_DISTANCE and cost 9 ms a check
+# found 0.83-0.87 of the nearest descriptors within VOTE_DISTANCE and cost 9 ms a check
 # over a hundred entries (its hash buckets are scattered, and each check's other work
 # evicts them); the lists find 0.99 for ~2.5 ms (bench/moderation.py). The lists are
 # trained (k-means) whenever the set changes, before the next check: on a sample of
